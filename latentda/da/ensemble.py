@@ -1,0 +1,165 @@
+"""Seeded ensemble draws and the representation-error model of the latent assimilation.
+
+Draws
+-----
+Every random number of a day comes from ``numpy.random.SeedSequence([seed, day ordinal, stream, member])``
+(PCG64, float64 normals cast to float32, generated on the CPU and then moved to the prior's device), so a member's
+draws depend on nothing else: not on the ensemble size, the device or the other members.
+Streams: :data:`STREAM_LATENT` (z_p ~ N(0, I)), :data:`STREAM_REPR` (white grid noise w_p ~ N(0, I)),
+:data:`STREAM_OBS` (observation perturbations eps ~ N(0, R_o)).
+
+Representation error
+--------------------
+The decoder g cannot represent the truth exactly: x_true = g(z) + eta. We model, per channel c,
+
+    eta = D ⊙ (S w),   w ~ N(0, I) white on the grid,   D = recon_std · s_clim   (physical units)
+
+with S a normalised Gaussian smoother (diag(S Sᵀ) = 1), so Var(eta) = D² (the decoder's reconstruction error
+variance, in physical units) and Corr(eta_p, eta_q) = (S Sᵀ)_pq ≈ exp(-d_pq² / (2 L²)) for great-circle distance
+d_pq and length scale L; channels are independent. S = A ∘ F: F smooths each latitude row along longitude with a
+periodic Gaussian of std ℓ = L/√2 (in km, so wider in grid points towards the poles; applied by FFT), A smooths
+along latitude with a Gaussian of std ℓ; rows are then scaled to unit variance exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..grid import Grid
+from ..obs.operator import PointOperator
+
+EARTH_RADIUS_KM = 6371.0
+STREAM_LATENT, STREAM_REPR, STREAM_OBS = 0, 1, 2
+
+
+def day_ordinal(time) -> int:
+    """Proleptic Gregorian ordinal of the day of ``time`` (ValueError if it is not a date)."""
+    try:
+        ts = pd.Timestamp(time)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"time={time!r} is not a date: {exc}") from None
+    if ts is pd.NaT or pd.isna(ts):
+        raise ValueError(f"time={time!r} is not a date (NaT)")
+    return int(ts.normalize().toordinal())
+
+
+def member_normals(seed: int, ordinal: int, stream: int, members: int, shape: Sequence[int]) -> np.ndarray:
+    """Standard normals (members, *shape) float32; member m from ``SeedSequence([seed, ordinal, stream, m])``."""
+    out = np.empty((members, *shape), dtype=np.float32)
+    for m in range(members):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, ordinal, stream, m])))
+        out[m] = rng.standard_normal(tuple(shape))
+    return out
+
+
+def default_length_scale_km(grid: Grid) -> float:
+    """Default representation-error correlation length L: two meridional grid spacings, in km."""
+    dlat = float(np.mean(np.diff(grid.lat)))
+    return 2.0 * EARTH_RADIUS_KM * math.radians(dlat)
+
+
+class GaussianSmoother:
+    """Normalised Gaussian smoother S on a regular lat/lon grid, acting on (..., nlat, nlon) tensors.
+
+    ``S w`` has unit variance at every grid point for white ``w`` and correlation ≈ exp(-d²/(2 L²)).
+    ``length_scale_km``: L > 0. Needs equally spaced longitudes (FFT along longitude).
+    """
+
+    def __init__(self, grid: Grid, length_scale_km: float, device: torch.device | str = "cpu") -> None:
+        L = float(length_scale_km)
+        if not math.isfinite(L) or L <= 0:
+            raise ValueError(f"representation-error length scale {length_scale_km!r} km must be a positive number")
+        nlat, nlon = grid.shape
+        dlon = np.diff(np.concatenate([grid.lon, [grid.lon[0] + 360.0]]))
+        if not np.allclose(dlon, 360.0 / nlon, rtol=0, atol=1e-6):
+            raise ValueError("the representation-error smoother needs equally spaced longitudes "
+                             f"({grid.describe()}); pass representation_error='none' for this grid")
+        ell = L / math.sqrt(2.0)  # kernel std: S Sᵀ then has std L
+        phi = np.deg2rad(grid.lat)
+        # longitude filter per row: wrapped Gaussian of std sigma_j grid points -> Fourier multiplier
+        dx_km = EARTH_RADIUS_KM * np.maximum(np.cos(phi), 1e-6) * (2 * np.pi / nlon)
+        sig = ell / dx_km  # (nlat,)
+        m = np.fft.fftfreq(nlon) * nlon  # wavenumbers, full spectrum
+        kk = 2 * np.pi * m / nlon
+        spec_full = np.exp(-0.5 * (sig[:, None] * kk[None, :]) ** 2)  # (nlat, nlon)
+        f_norm2 = (spec_full ** 2).mean(axis=1)  # Parseval: sum_i F_j(i)^2
+        # latitude filter: Gaussian in meridional distance
+        dy = EARTH_RADIUS_KM * (phi[:, None] - phi[None, :])
+        A = np.exp(-0.5 * (dy / ell) ** 2)
+        var = (A ** 2 * f_norm2[None, :]).sum(axis=1)
+        A = A / np.sqrt(var)[:, None]
+        self.grid, self.length_scale_km = grid, L
+        self.nlon = nlon
+        self._spec = torch.as_tensor(spec_full[:, : nlon // 2 + 1], dtype=torch.float32, device=device)
+        self._A = torch.as_tensor(A, dtype=torch.float32, device=device)
+
+    def _lon(self, x: torch.Tensor) -> torch.Tensor:
+        xf = torch.fft.rfft(x, dim=-1) * self._spec
+        return torch.fft.irfft(xf, n=self.nlon, dim=-1)
+
+    def apply(self, w: torch.Tensor) -> torch.Tensor:
+        """S w for w (..., nlat, nlon)."""
+        return torch.einsum("jk,...kl->...jl", self._A, self._lon(w))
+
+    def apply_transpose(self, v: torch.Tensor) -> torch.Tensor:
+        """Sᵀ v for v (..., nlat, nlon) (F is symmetric)."""
+        return self._lon(torch.einsum("kj,...kl->...jl", self._A, v))
+
+
+@dataclass
+class ObsRepresentation:
+    """Representation error seen at the observations: G = H D S per channel.
+
+    ``cov``: Cov(H eta) = G Gᵀ (nobs, nobs) float64 CPU (block-diagonal by channel, in obs order);
+    ``rows``: per channel, the observation indices of that channel; ``gt``: per channel, Gᵀ rows (n_c, nlat*nlon).
+    """
+
+    cov: torch.Tensor
+    rows: dict[int, torch.Tensor]
+    gt: dict[int, torch.Tensor]
+
+
+class RepresentationError:
+    """eta = D ⊙ S w with D = ``amplitude`` (C, nlat, nlon) physical units; see the module docstring."""
+
+    def __init__(self, grid: Grid, amplitude: torch.Tensor, length_scale_km: float) -> None:
+        self.amplitude = amplitude
+        self.smoother = GaussianSmoother(grid, length_scale_km, amplitude.device)
+        self.grid = grid
+
+    def sample(self, white: torch.Tensor) -> torch.Tensor:
+        """eta (B, C, nlat, nlon) from white noise w (B, C, nlat, nlon)."""
+        return self.amplitude * self.smoother.apply(white)
+
+    def at_observations(self, operator: PointOperator) -> ObsRepresentation:
+        """G = H D S for ``operator`` (exact, pole rows included, via ``operator.to_sparse()``)."""
+        nlat, nlon = self.grid.shape
+        npts = nlat * nlon
+        dev = self.amplitude.device
+        hs = operator.to_sparse()
+        cov = torch.zeros((operator.nobs, operator.nobs), dtype=torch.float64)
+        rows: dict[int, torch.Tensor] = {}
+        gt: dict[int, torch.Tensor] = {}
+        for c in np.unique(operator.channel):
+            r = np.nonzero(operator.channel == c)[0]
+            block = hs[r][:, c * npts:(c + 1) * npts].toarray().astype(np.float32)  # (n_c, npts)
+            x = torch.as_tensor(block, device=dev).reshape(-1, nlat, nlon) * self.amplitude[int(c)]
+            g = self.smoother.apply_transpose(x).reshape(len(r), npts)
+            ri = torch.as_tensor(r, dtype=torch.long)
+            cov[ri[:, None], ri[None, :]] = (g @ g.T).double().cpu()
+            rows[int(c)], gt[int(c)] = ri.to(dev), g
+        return ObsRepresentation(cov=cov, rows=rows, gt=gt)
+
+    def increment(self, rep: ObsRepresentation, weights: torch.Tensor) -> torch.Tensor:
+        """D ⊙ S Gᵀ v for weights v (B, nobs) -> (B, C, nlat, nlon): the eta update for obs weights v."""
+        nlat, nlon = self.grid.shape
+        B, C = weights.shape[0], self.amplitude.shape[0]
+        dw = torch.zeros((B, C, nlat * nlon), dtype=weights.dtype, device=weights.device)
+        for c, r in rep.rows.items():
+            dw[:, c] = weights[:, r] @ rep.gt[c]
+        return self.sample(dw.reshape(B, C, nlat, nlon))

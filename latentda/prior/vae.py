@@ -1,0 +1,141 @@
+"""Convolutional VAE for stacks of (lat, lon) fields on a regular global grid.
+
+Shapes: fields are ``(B, C, nlat, nlon)`` standardised anomalies (one channel per variable), latents ``(B, L)``.
+
+Padding is explicit, so that every convolution sees the sphere's topology: circular in longitude (the field is
+periodic across the dateline/Greenwich seam) and replicate in latitude (the rows next to the poles are repeated).
+
+Encoder: ``n_down`` stride-2 3x3 convolutions (channels ``base * 2**k``, capped at ``4 * base``), each followed by
+SiLU, then a linear layer to ``(mu, logvar)``. Decoder (the generator ``g(z)``): a linear layer back to the coarsest
+feature map, then ``n_down`` times nearest-neighbour upsampling x2 followed by a 3x3 convolution; the last one
+maps to ``C`` output channels without an activation.
+
+Loss (negative ELBO per sample, one line): ``0.5 * sum_{c,i,j} w_i (x - g(z))^2 + beta * KL(N(mu, e^logvar) || N(0, I))``
+with ``w_i = cos(lat_i) / mean(cos(lat))`` (unit-variance Gaussian likelihood in standardised units, area-weighted).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: logvar is clamped to this range in the encoder (exp() stays finite; variances 1e-13 .. 2e8).
+LOGVAR_RANGE = (-30.0, 20.0)
+
+
+def pad_sphere(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Pad a (B, C, nlat, nlon) tensor by ``p`` cells: circular in longitude, replicate in latitude."""
+    if p == 0:
+        return x
+    x = F.pad(x, (p, p, 0, 0), mode="circular")
+    return F.pad(x, (0, 0, p, p), mode="replicate")
+
+
+class SphereConv2d(nn.Module):
+    """3x3 (or k x k, k odd) convolution with explicit spherical padding; ``stride`` 1 keeps the shape, 2 halves it."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size={kernel_size} must be odd")
+        self.pad = kernel_size // 2
+        self.conv = nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(pad_sphere(x, self.pad))
+
+
+def level_channels(base_channels: int, n_down: int, max_mult: int = 4) -> list[int]:
+    """Feature channels after each downsampling: ``base * 2**k`` for k = 0..n_down-1, capped at ``max_mult * base``."""
+    return [base_channels * min(2 ** k, max_mult) for k in range(n_down)]
+
+
+def choose_n_down(nlat: int, nlon: int, n_down: int | None = None, max_down: int = 3) -> int:
+    """Number of stride-2 levels for an ``nlat x nlon`` grid.
+
+    With ``n_down=None``: the largest n <= ``max_down`` such that 2**n divides both sizes and the coarsest map keeps
+    >= 2 rows. Raises ValueError naming the shape if not even one halving is possible (or the requested n is not).
+    """
+    if n_down is None:
+        for n in range(max_down, 0, -1):
+            if nlat % 2 ** n == 0 and nlon % 2 ** n == 0 and nlat // 2 ** n >= 2:
+                return n
+        raise ValueError(f"grid shape {nlat}x{nlon} (nlat x nlon) cannot be halved: the VAE needs nlat and nlon "
+                         "divisible by 2**n_down (n_down >= 1, 3 preferred); regrid to e.g. 48x96 or 16x32")
+    if n_down < 1 or nlat % 2 ** n_down or nlon % 2 ** n_down or nlat // 2 ** n_down < 1:
+        raise ValueError(f"grid shape {nlat}x{nlon} (nlat x nlon) is not divisible by 2**n_down = {2 ** n_down} "
+                         f"(n_down={n_down}); choose a smaller n_down or regrid (e.g. 48x96, 16x32)")
+    return int(n_down)
+
+
+class ConvVAE(nn.Module):
+    """Convolutional VAE: ``encode`` (B, C, nlat, nlon) -> (mu, logvar) each (B, L); ``decode`` (B, L) -> fields.
+
+    Parameters: ``in_channels`` C; grid ``nlat``, ``nlon`` (divisible by 2**n_down); ``latent_dim`` L;
+    ``base_channels``; ``n_down`` (see :func:`choose_n_down`).
+    """
+
+    def __init__(self, in_channels: int, nlat: int, nlon: int, latent_dim: int = 64, base_channels: int = 32,
+                 n_down: int | None = None) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("latent_dim", latent_dim),
+                            ("base_channels", base_channels)):
+            if int(value) < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
+        self.n_down = choose_n_down(nlat, nlon, n_down)
+        self.in_channels, self.nlat, self.nlon = int(in_channels), int(nlat), int(nlon)
+        self.latent_dim = int(latent_dim)
+        self.channels = level_channels(int(base_channels), self.n_down)
+        self.coarse = (self.nlat // 2 ** self.n_down, self.nlon // 2 ** self.n_down)
+        nflat = self.channels[-1] * self.coarse[0] * self.coarse[1]
+
+        enc: list[nn.Module] = []
+        cin = self.in_channels
+        for c in self.channels:
+            enc += [SphereConv2d(cin, c, stride=2), nn.SiLU()]
+            cin = c
+        self.encoder = nn.Sequential(*enc)
+        self.to_latent = nn.Linear(nflat, 2 * self.latent_dim)
+
+        self.from_latent = nn.Linear(self.latent_dim, nflat)
+        dec: list[nn.Module] = []
+        outs = self.channels[::-1][1:] + [self.in_channels]   # e.g. [128, 64, 32] -> convs 128->64->32->C
+        cin = self.channels[-1]
+        for k, c in enumerate(outs):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), SphereConv2d(cin, c)]
+            if k < len(outs) - 1:
+                dec.append(nn.SiLU())
+            cin = c
+        self.decoder = nn.Sequential(*dec)
+
+    def arch(self) -> dict:
+        """Constructor arguments (JSON-able), stored in checkpoints to rebuild the network."""
+        return {"in_channels": self.in_channels, "nlat": self.nlat, "nlon": self.nlon,
+                "latent_dim": self.latent_dim, "base_channels": self.channels[0], "n_down": self.n_down}
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, nlat, nlon) -> mu (B, L), logvar (B, L) (clamped to :data:`LOGVAR_RANGE`)."""
+        h = self.encoder(x).flatten(1)
+        mu, logvar = self.to_latent(h).chunk(2, dim=1)
+        return mu, logvar.clamp(*LOGVAR_RANGE)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Generator g(z): (B, L) -> (B, C, nlat, nlon) standardised anomalies."""
+        h = F.silu(self.from_latent(z)).view(z.shape[0], self.channels[-1], *self.coarse)
+        return self.decoder(h)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
+        """Reparameterised pass: z = mu + exp(logvar / 2) * eps; returns (x_hat, mu, logvar). eps=None uses z = mu."""
+        mu, logvar = self.encode(x)
+        z = mu if eps is None else mu + torch.exp(0.5 * logvar) * eps
+        return self.decode(z), mu, logvar
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag e^logvar) || N(0, I)) per sample: 0.5 * sum(mu^2 + e^logvar - 1 - logvar). Shape (B,)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+
+
+def weighted_sq_error(x: torch.Tensor, x_hat: torch.Tensor, lat_weights: torch.Tensor) -> torch.Tensor:
+    """Area-weighted squared error per sample: sum_{c,i,j} w_i (x - x_hat)^2, ``lat_weights`` (nlat,). Shape (B,)."""
+    return ((x - x_hat).pow(2) * lat_weights.view(1, 1, -1, 1)).sum(dim=(1, 2, 3))

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over latentda that check inputs, call one library function, return references."""
