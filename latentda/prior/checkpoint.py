@@ -1,0 +1,430 @@
+"""The trained prior (VAE generator + normalisation + grid + provenance) and its checkpoint format.
+
+A checkpoint is one ``torch.save`` zip of a plain dict that ``torch.load(..., weights_only=True)`` can read: dicts
+of tensors plus strings and ints; all other metadata (config, CF attributes, climatology attributes, history,
+provenance) is in one canonical JSON string. It is always serialised to memory first (so the bytes do not depend
+on the file name) and written in one piece, so the same prior always gives the same bytes and the same sha256
+(``checksum``), also after a save/load round trip.
+
+Keys (format ``latentda.prior``, version 1):
+
+================  ===================================================================================
+format            "latentda.prior"
+format_version    1
+meta_json         JSON object: arch (ConvVAE constructor arguments), config (PriorConfig), variables (channel
+                  order), var_attrs (CF attributes per variable), climatology_names / _attrs / _var_attrs,
+                  history (per-epoch training records), provenance (version, git sha, data sha256, seed,
+                  creation time, torch version, ...)
+state_dict        VAE weights (CPU tensors)
+grid              {"lat": float64 (nlat,), "lon": float64 (nlon,)}
+climatology       {"<var>_mean" | "<var>_var": float64 (harmonic, lat, lon)} harmonic coefficients
+recon_std         float32 (C, nlat, nlon): validation RMS reconstruction error, standardised anomaly units
+================  ===================================================================================
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import zipfile
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from ..fields import to_array
+from ..grid import Grid
+from ..normalization import climatology_at
+from .vae import ConvVAE
+
+FORMAT = "latentda.prior"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format", "format_version", "meta_json", "state_dict", "grid", "climatology", "recon_std")
+_CLIM_CACHE_SIZE = 64
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA if available else CPU; "cpu"; "cuda" / "cuda:N" (ValueError if CUDA is not available)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device={device!r} must be a string: 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"device={device!r} not understood ({err}); use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} requested but CUDA is not available here (torch {torch.__version__});"
+                             " use device='auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (pd.Timestamp, np.datetime64)):
+        return str(obj)
+    return str(obj)
+
+
+def to_json(obj: Any) -> str:
+    """Canonical JSON (sorted keys, numpy scalars/arrays converted, anything else as str)."""
+    return json.dumps(obj, sort_keys=True, default=_json_default)
+
+
+def _to_timestamp(time) -> pd.Timestamp:
+    arr = np.atleast_1d(np.asarray(time, dtype="datetime64[ns]"))
+    if arr.size != 1:
+        raise ValueError(f"expected one time, got {arr.size} values ({arr[:3]}...)")
+    if np.isnat(arr[0]):
+        raise ValueError(f"time {time!r} is not a valid date")
+    return pd.Timestamp(arr[0])
+
+
+class Prior:
+    """A trained VAE prior: generator ``g(z)`` in standardised anomaly units, plus what is needed to use it.
+
+    Attributes:
+        variables: variable names in channel order (C of them).
+        grid: the :class:`~latentda.grid.Grid` (nlat, nlon) the prior was trained on.
+        climatology: harmonic day-of-year climatology (see :mod:`latentda.normalization`).
+        latent_dim: L, the size of z.
+        config: the :class:`PriorConfig` it was trained with.
+        var_attrs: CF attributes per variable (units, standard_name, long_name).
+        provenance: package version, git sha, training-data sha256, seed, creation time, torch version, ...
+        device: where the network lives; ``decode`` returns tensors there.
+        recon_std: (C, nlat, nlon) RMS of ``x - g(mu(x))`` over the validation days, standardised anomaly units
+            (the representation error of the generator; the DA adds it to the spread).
+        history: per-epoch training records (train/validation loss, beta, seconds).
+        model: the :class:`~latentda.prior.vae.ConvVAE` (eval mode, parameters frozen).
+
+    Built by :func:`latentda.prior.train_prior` or :func:`load_prior`, not directly.
+    """
+
+    def __init__(self, model: ConvVAE, *, config, variables: Sequence[str], grid: Grid, climatology: xr.Dataset,
+                 var_attrs: dict[str, dict], provenance: dict, recon_std: np.ndarray,
+                 history: list[dict] | None = None, device: str | torch.device = "auto") -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        self.config = config
+        self.variables = list(variables)
+        self.grid = grid
+        self.climatology = climatology
+        self.var_attrs = {v: dict(var_attrs.get(v, {})) for v in self.variables}
+        self.provenance = dict(provenance)
+        self.recon_std = np.asarray(recon_std, dtype=np.float32)
+        self.history = list(history or [])
+        self.latent_dim = int(model.latent_dim)
+        if model.in_channels != len(self.variables) or (model.nlat, model.nlon) != grid.shape:
+            raise ValueError(f"network shape (C={model.in_channels}, {model.nlat}x{model.nlon}) does not match "
+                             f"{len(self.variables)} variables on a {grid.shape[0]}x{grid.shape[1]} grid")
+        if self.recon_std.shape != self.shape:
+            raise ValueError(f"recon_std has shape {self.recon_std.shape}, expected {self.shape}")
+        self._clim_cache: dict[pd.Timestamp, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ shapes and conversions
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, nlat, nlon) of one field."""
+        return (len(self.variables), *self.grid.shape)
+
+    def __repr__(self) -> str:
+        return (f"Prior(variables={self.variables}, grid={self.grid.describe()}, latent_dim={self.latent_dim}, "
+                f"device={self.device}, version={self.provenance.get('version')})")
+
+    def _check_field_shape(self, x: torch.Tensor, name: str) -> None:
+        if x.ndim < 3 or tuple(x.shape[-3:]) != self.shape:
+            raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (..., {', '.join(map(str, self.shape))})"
+                             f" = (..., C, nlat, nlon) for variables {self.variables}")
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Generator g(z): (B, L) latents -> (B, C, nlat, nlon) standardised anomalies on ``self.device``.
+
+        Differentiable with respect to ``z`` (the network's own parameters are frozen). A (L,) input gives (C, nlat,
+        nlon). ``z`` is moved to ``self.device`` and cast to float32.
+        """
+        z = torch.as_tensor(z)
+        if z.shape[-1] != self.latent_dim or z.ndim not in (1, 2):
+            raise ValueError(f"z has shape {tuple(z.shape)}; expected (B, {self.latent_dim}) (latent_dim)")
+        squeeze = z.ndim == 1
+        z = z.to(device=self.device, dtype=torch.float32)
+        x = self.model.decode(z[None] if squeeze else z)
+        return x[0] if squeeze else x
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder q(z|x): (B, C, nlat, nlon) standardised anomalies -> (mu, logvar), each (B, L), on ``self.device``."""
+        x = torch.as_tensor(x)
+        if x.ndim != 4:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, {', '.join(map(str, self.shape))})")
+        self._check_field_shape(x, "x")
+        return self.model.encode(x.to(device=self.device, dtype=torch.float32))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """g(mu(x)): (B, C, nlat, nlon) -> (B, C, nlat, nlon), standardised anomalies, no gradient."""
+        with torch.no_grad():
+            return self.decode(self.encode(x)[0])
+
+    def climatology_tensors(self, time) -> tuple[torch.Tensor, torch.Tensor]:
+        """Climatological mean m(d) and standard deviation s(d) on day ``time``: two float32 (C, nlat, nlon)
+        tensors on ``self.device``, physical units (cached per time)."""
+        t = _to_timestamp(time)
+        hit = self._clim_cache.get(t)
+        if hit is not None:
+            return hit
+        means, stds = [], []
+        for v in self.variables:
+            m, s = climatology_at(self.climatology, v, [t.to_datetime64()])
+            means.append(m[0])
+            stds.append(s[0])
+        out = (torch.as_tensor(np.stack(means), dtype=torch.float32, device=self.device),
+               torch.as_tensor(np.stack(stds), dtype=torch.float32, device=self.device))
+        if len(self._clim_cache) >= _CLIM_CACHE_SIZE:
+            self._clim_cache.pop(next(iter(self._clim_cache)))
+        self._clim_cache[t] = out
+        return out
+
+    def to_physical(self, anom: torch.Tensor, time) -> torch.Tensor:
+        """x = x' s(d) + m(d): (..., C, nlat, nlon) standardised anomalies -> physical units (differentiable)."""
+        anom = torch.as_tensor(anom)
+        self._check_field_shape(anom, "anom")
+        mean, std = self.climatology_tensors(time)
+        return anom.to(device=self.device, dtype=torch.float32) * std + mean
+
+    def to_anomaly(self, phys: torch.Tensor, time) -> torch.Tensor:
+        """x' = (x - m(d)) / s(d): (..., C, nlat, nlon) physical units -> standardised anomalies (differentiable)."""
+        phys = torch.as_tensor(phys)
+        self._check_field_shape(phys, "phys")
+        mean, std = self.climatology_tensors(time)
+        return (phys.to(device=self.device, dtype=torch.float32) - mean) / std
+
+    def anomalies(self, ds: xr.Dataset) -> np.ndarray:
+        """Standardised anomalies of this prior's variables in ``ds`` (time, lat, lon): float32 (T, C, nlat, nlon)."""
+        self.check_compatible(ds)
+        phys = to_array(ds, self.variables, dtype=np.float64)
+        times = ds["time"].values
+        out = np.empty(phys.shape, dtype=np.float32)
+        for k, v in enumerate(self.variables):
+            m, s = climatology_at(self.climatology, v, times)
+            out[:, k] = (phys[:, k] - m) / s
+        return out
+
+    def sample(self, n: int, seed: int, time) -> np.ndarray:
+        """Draw ``n`` fields x = g(z) s(d) + m(d) with z ~ N(0, I) (seeded): float32 (n, C, nlat, nlon), physical."""
+        if int(n) != n or n < 1:
+            raise ValueError(f"n={n} must be a positive integer")
+        gen = torch.Generator().manual_seed(int(seed))
+        z = torch.randn(int(n), self.latent_dim, generator=gen)
+        out = []
+        with torch.no_grad():
+            for k in range(0, int(n), 256):
+                out.append(self.to_physical(self.decode(z[k:k + 256]), time).cpu().numpy())
+        return np.concatenate(out, axis=0)
+
+    # ------------------------------------------------------------------ compatibility
+    def check_compatible(self, ds_or_grid: xr.Dataset | xr.DataArray | Grid,
+                         variables: Sequence[str] | None = None) -> None:
+        """Raise ValueError naming the mismatch if ``ds_or_grid`` is not on this prior's grid, lacks one of its
+        variables, or (when ``variables`` is given) asks for variables the prior does not have. Units are compared
+        when both sides carry a ``units`` attribute."""
+        if isinstance(ds_or_grid, Grid):
+            grid = ds_or_grid
+        elif isinstance(ds_or_grid, (xr.Dataset, xr.DataArray)):
+            for name in ("lat", "lon"):
+                if name not in ds_or_grid.coords:
+                    raise ValueError(f"data has no {name!r} coordinate (has {list(ds_or_grid.coords)}); "
+                                     "use latentda.grid.normalize_grid")
+            grid = Grid.from_dataset(ds_or_grid)
+        else:
+            raise ValueError(f"expected an xarray Dataset or a Grid, got {type(ds_or_grid).__name__}")
+        if not self.grid.matches(grid):
+            if grid.shape != self.grid.shape:
+                detail = f"shape {grid.shape[0]}x{grid.shape[1]} != {self.grid.shape[0]}x{self.grid.shape[1]}"
+            else:
+                dlat = float(np.abs(grid.lat - self.grid.lat).max())
+                dlon = float(np.abs(grid.lon - self.grid.lon).max())
+                detail = f"coordinates differ by up to {dlat:.4g} deg in lat and {dlon:.4g} deg in lon"
+            raise ValueError(f"grid mismatch: the prior was trained on the {self.grid.describe()}, the data are on "
+                             f"the {grid.describe()} ({detail}); regrid the data or train a prior on this grid")
+        if variables is not None:
+            variables = [variables] if isinstance(variables, str) else list(variables)
+            extra = [v for v in variables if v not in self.variables]
+            missing = [v for v in self.variables if v not in variables]
+            if extra or missing:
+                raise ValueError(f"variable mismatch: the prior has variables {self.variables}; requested "
+                                 f"{variables} (not in the prior: {extra}; missing: {missing})")
+        if isinstance(ds_or_grid, xr.Dataset):
+            absent = [v for v in self.variables if v not in ds_or_grid.data_vars]
+            if absent:
+                raise ValueError(f"variable mismatch: the data lack the prior's variable(s) {absent} (data have "
+                                 f"{sorted(ds_or_grid.data_vars)}, the prior needs {self.variables})")
+            for v in self.variables:
+                have = ds_or_grid[v].attrs.get("units")
+                want = self.var_attrs.get(v, {}).get("units")
+                if have is not None and want is not None and str(have) != str(want):
+                    raise ValueError(f"units mismatch for variable {v!r}: data in {have!r}, the prior in {want!r}; "
+                                     "convert the data")
+
+    # ------------------------------------------------------------------ serialisation
+    def to_checkpoint(self) -> dict:
+        """The checkpoint dict (see module docstring): tensors, plus every other item in one canonical JSON string.
+
+        Keeping metadata in JSON and interning the tensor-dict keys makes the pickled bytes independent of which
+        Python string objects happen to be shared (pickle memoises by identity), so a loaded prior re-serialises
+        to the same bytes as the trained one.
+        """
+        clim_names = [n for v in self.variables for n in (f"{v}_mean", f"{v}_var")]
+        clim = self.climatology
+        meta = {
+            "arch": dict(self.model.arch()),
+            "config": self.config.model_dump(mode="json"),
+            "variables": list(self.variables),
+            "var_attrs": self.var_attrs,
+            "climatology_names": clim_names,
+            "climatology_attrs": dict(clim.attrs),
+            "climatology_var_attrs": {n: dict(clim[n].attrs) for n in clim_names},
+            "history": self.history,
+            "provenance": self.provenance,
+        }
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "meta_json": to_json(meta),
+            "state_dict": {sys.intern(str(k)): t.detach().to("cpu").contiguous().clone()
+                           for k, t in self.model.state_dict().items()},
+            "grid": {"lat": torch.tensor(np.array(self.grid.lat, dtype=np.float64)),
+                     "lon": torch.tensor(np.array(self.grid.lon, dtype=np.float64))},
+            "climatology": {sys.intern(n): torch.tensor(np.array(
+                clim[n].transpose("harmonic", "lat", "lon").values, dtype=np.float64)) for n in clim_names},
+            "recon_std": torch.tensor(np.array(self.recon_std, dtype=np.float32)),
+        }
+
+    def to_bytes(self) -> bytes:
+        """Serialised checkpoint (deterministic: same prior -> same bytes)."""
+        buf = io.BytesIO()
+        torch.save(self.to_checkpoint(), buf)
+        return buf.getvalue()
+
+    def checksum(self) -> str:
+        """sha256 (hex) of the serialised checkpoint bytes: what :meth:`save` returns."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    def save(self, path: str, storage_options: dict | None = None) -> str:
+        """Write the checkpoint to ``path`` (local path or fsspec URL such as ``s3://bucket/prior.pt``); returns its
+        sha256. Local writes go to a temporary file renamed into place (no half-written checkpoint)."""
+        import fsspec
+
+        data = self.to_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        fs, fpath = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+        if "file" in protocols or "local" in protocols:
+            parent = os.path.dirname(os.path.abspath(fpath))
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{fpath}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, fpath)
+        else:
+            with fs.open(fpath, "wb") as f:
+                f.write(data)
+        return digest
+
+
+# ---------------------------------------------------------------------- loading
+def _refuse(path: str, why: str) -> ValueError:
+    return ValueError(f"{path}: not a usable latentda prior checkpoint: {why}")
+
+
+def checkpoint_from_bytes(data: bytes, path: str = "<bytes>") -> dict:
+    """Validate and unpickle checkpoint bytes (``weights_only=True``); ValueError naming ``path`` on any problem."""
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise _refuse(path, f"not a torch zip archive ({len(data)} bytes; corrupted, truncated or another format)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            bad = zf.testzip()
+        if bad is not None:
+            raise _refuse(path, f"archive member {bad!r} fails its CRC check (corrupted file)")
+    except zipfile.BadZipFile as err:
+        raise _refuse(path, f"broken zip archive ({err})") from None
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not ours"
+        raise _refuse(path, f"torch.load(weights_only=True) failed: {type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    if not isinstance(ckpt, dict):
+        raise _refuse(path, f"holds a {type(ckpt).__name__}, not a checkpoint dict")
+    if ckpt.get("format") != FORMAT:
+        hint = " (looks like a bare state_dict)" if ckpt and all(isinstance(v, torch.Tensor)
+                                                                  for v in ckpt.values()) else ""
+        raise _refuse(path, f"format is {ckpt.get('format')!r}, expected {FORMAT!r}{hint}")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise _refuse(path, f"format_version {ckpt.get('format_version')!r} not supported (this latentda reads "
+                            f"version {FORMAT_VERSION}); retrain the prior with this version")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise _refuse(path, f"missing keys {missing}")
+    return ckpt
+
+
+def prior_from_checkpoint(ckpt: dict, device: str = "auto", path: str = "<checkpoint>") -> Prior:
+    """Rebuild a :class:`Prior` from a validated checkpoint dict."""
+    from .train import PriorConfig
+
+    resolve_device(device)  # an unavailable device is the caller's problem, not the checkpoint's
+    try:
+        meta = json.loads(ckpt["meta_json"])
+        config = PriorConfig.model_validate(meta["config"])
+        model = ConvVAE(**meta["arch"])
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+        variables = [str(v) for v in meta["variables"]]
+        grid = Grid(ckpt["grid"]["lat"].numpy(), ckpt["grid"]["lon"].numpy())
+        names = meta["climatology_names"]
+        cattrs = meta["climatology_var_attrs"]
+        data = {n: ckpt["climatology"][n].numpy() for n in names}
+        clim = xr.Dataset({n: (("harmonic", "lat", "lon"), data[n], cattrs.get(n, {})) for n in names},
+                          coords={"lat": grid.lat, "lon": grid.lon,
+                                  "harmonic": np.arange(data[names[0]].shape[0])})
+        clim.attrs.update(meta["climatology_attrs"])
+        prior = Prior(model, config=config, variables=variables, grid=grid, climatology=clim,
+                      var_attrs=meta["var_attrs"], provenance=meta["provenance"],
+                      recon_std=ckpt["recon_std"].numpy(), history=meta["history"], device=device)
+    except ValueError as err:
+        raise _refuse(path, f"inconsistent contents: {err}") from None
+    except (KeyError, TypeError, RuntimeError, AttributeError, IndexError, json.JSONDecodeError) as err:
+        raise _refuse(path, f"inconsistent contents: {type(err).__name__}: {err}") from None
+    return prior
+
+
+def load_prior(path: str, device: str = "auto", storage_options: dict | None = None) -> Prior:
+    """Load a prior saved by :meth:`Prior.save` from a local path or fsspec URL onto ``device``.
+
+    Refuses (ValueError naming ``path``) anything that is not a latentda prior checkpoint: random or truncated
+    bytes, a torch file holding something else (e.g. a bare state_dict), missing keys, another format version.
+    Raises FileNotFoundError if ``path`` does not exist.
+    """
+    import fsspec
+
+    resolve_device(device)  # fail early on an impossible device
+    fs, fpath = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+    if not fs.exists(fpath):
+        raise FileNotFoundError(f"prior checkpoint {path} does not exist")
+    with fs.open(fpath, "rb") as f:
+        data = f.read()
+    ckpt = checkpoint_from_bytes(data, str(path))
+    return prior_from_checkpoint(ckpt, device=device, path=str(path))
