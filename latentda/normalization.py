@@ -26,7 +26,7 @@ YEAR_DAYS = 365.25
 def _design(times, n_harmonics: int) -> np.ndarray:
     """Design matrix (ntime, 2K+1): [1, cos(w d), sin(w d), ..., cos(K w d), sin(K w d)], d = day of year - 1."""
     t = pd.DatetimeIndex(np.atleast_1d(np.asarray(times, dtype="datetime64[ns]")))
-    d = (t.dayofyear.values - 1) + (t.hour.values / 24.0)
+    d = (t.day_of_year.values - 1) + (t.hour.values / 24.0)
     cols = [np.ones_like(d, dtype=np.float64)]
     for k in range(1, n_harmonics + 1):
         w = 2 * np.pi * k * d / YEAR_DAYS

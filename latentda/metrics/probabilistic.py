@@ -74,13 +74,11 @@ def crps_gaussian_pointwise(mean: XrObj, std: XrObj, truth: XrObj) -> XrObj:
         mu, sd, y = np.broadcast_arrays(np.asarray(mu, float), np.asarray(sd, float), np.asarray(y, float))
         if np.any(sd < 0):
             raise ValueError(f"standard deviation must be >= 0, got minimum {np.nanmin(sd)}")
-        out = np.abs(y - mu)
         pos = sd > 0
-        z = (y[pos] - mu[pos]) / sd[pos]
-        out = out.copy()
-        out[pos] = sd[pos] * (z * (2 * ndtr(z) - 1) + 2 * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
-                              - 1 / np.sqrt(np.pi))
-        return out
+        safe = np.where(pos, sd, 1.0)
+        z = (y - mu) / safe
+        g = safe * (z * (2 * ndtr(z) - 1) + 2 * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi) - 1 / np.sqrt(np.pi))
+        return np.where(pos, g, np.abs(y - mu))
 
     return xr.apply_ufunc(f, mean, std, truth)
 
@@ -130,15 +128,17 @@ def interval_coverage(ensemble: XrObj, truth: XrObj, level: float = 0.9, member_
                       dims: Sequence[str] = SPATIAL_DIMS) -> XrObj:
     """Fraction (latitude-weighted over ``dims``) of truth inside the central ``level`` interval of the members.
 
-    Interval: ``[q_{(1-level)/2}, q_{(1+level)/2}]`` of the members (numpy's linear quantile interpolation). For
-    a calibrated (exchangeable) M-member ensemble the expected coverage is close to ``level`` (slightly below for
-    small M: the empirical quantiles of M members are narrower than the true ones on average).
+    Interval: ``[q_{(1-level)/2}, q_{(1+level)/2}]`` of the M members with Weibull plotting positions (the k-th
+    smallest member is the ``k/(M+1)`` quantile, interpolated linearly between ranks; numpy ``method="weibull"``).
+    A truth exchangeable with the members falls below the k-th member with probability ``k/(M+1)``, so a
+    calibrated ensemble has expected coverage ``level`` as long as ``(1-level)/2 (M+1) >= 1`` (M >= 19 for 90 %);
+    smaller ensembles cannot reach it (the interval is clamped to [min, max], coverage ``(M-1)/(M+1)``).
     """
     if not 0 < level < 1:
         raise ValueError(f"interval level {level} must be in (0, 1)")
     _n_members(ensemble, member_dim)
-    lo = ensemble.quantile((1 - level) / 2, dim=member_dim).drop_vars("quantile")
-    hi = ensemble.quantile((1 + level) / 2, dim=member_dim).drop_vars("quantile")
+    lo = ensemble.quantile((1 - level) / 2, dim=member_dim, method="weibull").drop_vars("quantile")
+    hi = ensemble.quantile((1 + level) / 2, dim=member_dim, method="weibull").drop_vars("quantile")
     inside = ((truth >= lo) & (truth <= hi)).astype(np.float64)
     return spatial_mean(inside, dims)
 
