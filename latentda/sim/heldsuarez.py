@@ -156,7 +156,10 @@ def simulate(settings: SimSettings, out: str | os.PathLike, *, chunk_days: int =
     import jax.numpy as jnp
     import dinosaur
 
+    # full float32 matmuls: GPUs would otherwise use TF32 in the spectral transforms (a no-op on CPU)
+    jax.config.update("jax_default_matmul_precision", "highest")
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.npz")
     coords, specs, state, step, steps_per_day, ref_temps = _build_model(settings)
     surface = _surface_fields_fn(coords, specs, ref_temps)
@@ -256,9 +259,19 @@ def to_dataset(fields: np.ndarray, source_grid, s: SimSettings):
         "latentda:seed": s.seed,
         "latentda:spinup_days": s.spinup_days,
         "latentda:created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "latentda:platform": _platform(),
         **s.to_attrs(),
     })
     return ds
+
+
+def _platform() -> str:
+    """JAX version, backend, device kind and matmul precision: bitwise reproduction needs the same platform."""
+    import jax
+
+    dev = jax.devices()[0]
+    return (f"jax {jax.__version__}, backend {jax.default_backend()}, device {dev.device_kind}, "
+            f"matmul precision {jax.config.jax_default_matmul_precision or 'default'}")
 
 
 def write_packed(ds, out: str | os.PathLike) -> Path:

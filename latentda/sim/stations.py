@@ -167,3 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     table.to_parquet(a.out, index=False, compression="zstd")
     print(f"wrote {len(table)} observations of {table['station_id'].nunique()} stations to {a.out}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
