@@ -58,9 +58,12 @@ def member_normals(seed: int, ordinal: int, stream: int, members: int, shape: Se
 
 
 def default_length_scale_km(grid: Grid) -> float:
-    """Default representation-error correlation length L: two meridional grid spacings, in km."""
+    """Default representation-error correlation length L: 1.5 meridional grid spacings, in km.
+
+    (The decoder residuals of ``latentda.testing.tiny_prior`` on held-out days have lag correlations 0.72, 0.41,
+    0.18 at 1, 2, 3 grid spacings: a Gaussian with L ≈ 1.3-1.6 spacings.)"""
     dlat = float(np.mean(np.diff(grid.lat)))
-    return 2.0 * EARTH_RADIUS_KM * math.radians(dlat)
+    return 1.5 * EARTH_RADIUS_KM * math.radians(dlat)
 
 
 class GaussianSmoother:
@@ -136,13 +139,17 @@ class RepresentationError:
         """eta (B, C, nlat, nlon) from white noise w (B, C, nlat, nlon)."""
         return self.amplitude * self.smoother.apply(white)
 
-    def at_observations(self, operator: PointOperator) -> ObsRepresentation:
-        """G = H D S for ``operator`` (exact, pole rows included, via ``operator.to_sparse()``)."""
+    def at_observations(self, operator: PointOperator, covariance: bool = True) -> ObsRepresentation:
+        """G = H D S for ``operator`` (exact, pole rows included, via ``operator.to_sparse()``).
+
+        ``covariance=False`` skips G Gᵀ (``cov`` is then empty), e.g. when only the diagonal is needed.
+        """
         nlat, nlon = self.grid.shape
         npts = nlat * nlon
         dev = self.amplitude.device
         hs = operator.to_sparse()
-        cov = torch.zeros((operator.nobs, operator.nobs), dtype=torch.float64)
+        nc = operator.nobs if covariance else 0
+        cov = torch.zeros((nc, nc), dtype=torch.float64)
         rows: dict[int, torch.Tensor] = {}
         gt: dict[int, torch.Tensor] = {}
         for c in np.unique(operator.channel):
@@ -151,9 +158,19 @@ class RepresentationError:
             x = torch.as_tensor(block, device=dev).reshape(-1, nlat, nlon) * self.amplitude[int(c)]
             g = self.smoother.apply_transpose(x).reshape(len(r), npts)
             ri = torch.as_tensor(r, dtype=torch.long)
-            cov[ri[:, None], ri[None, :]] = (g @ g.T).double().cpu()
+            if covariance:
+                gd = g.double()
+                cov[ri[:, None], ri[None, :]] = (gd @ gd.T).cpu()
             rows[int(c)], gt[int(c)] = ri.to(dev), g
         return ObsRepresentation(cov=cov, rows=rows, gt=gt)
+
+    def variance_at_observations(self, operator: PointOperator) -> np.ndarray:
+        """Var(H eta) = diag(G Gᵀ) at each observation, (nobs,) float64 (squared physical units)."""
+        rep = self.at_observations(operator, covariance=False)
+        var = np.zeros(operator.nobs)
+        for c, r in rep.rows.items():
+            var[r.cpu().numpy()] = (rep.gt[c].double() ** 2).sum(-1).cpu().numpy()
+        return var
 
     def increment(self, rep: ObsRepresentation, weights: torch.Tensor) -> torch.Tensor:
         """D ⊙ S Gᵀ v for weights v (B, nobs) -> (B, C, nlat, nlon): the eta update for obs weights v."""

@@ -7,7 +7,8 @@ Row-level checks (non-finite values, impossible coordinates, duplicates, unknown
 
 where ``x̄_b`` is the prior (background) ensemble mean, ``sigma_k`` the observation error standard deviation and
 ``var_b(H x)_k`` the background variance at the observation (ensemble variance plus any representation-error
-variance), with reason ``"gross_departure"``. Rejected rows keep their row and get a reason, never dropped silently.
+variance; :func:`latentda.da.assimilate` floors it at the climatological variance), with reason
+``"gross_departure"``. Rejected rows keep their row and get a reason, never dropped silently.
 """
 from __future__ import annotations
 
