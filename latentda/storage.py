@@ -116,8 +116,9 @@ def resolve_storage_options(url: str | os.PathLike, storage_options: Mapping[str
     """The fsspec storage options to open ``url`` with: ``storage_options`` completed from the environment.
 
     For ``s3://`` URLs, a missing ``key``/``secret``/``token``/``endpoint_url`` is taken from the standard AWS
-    variables (see the module docstring); explicit options win.  ``anon: true`` suppresses credentials.  Other
-    protocols get their options unchanged.  The result holds secrets: pass it to fsspec, never log it
+    variables (see the module docstring); explicit options win.  ``anon: true`` suppresses credentials.  The
+    directory-listing cache is off unless asked for (``use_listings_cache``): the archive is written by other
+    processes.  Other protocols get their options unchanged.  The result holds secrets: pass it to fsspec, never log it
     (``redact(result)`` first).
 
     Raises
@@ -146,6 +147,10 @@ def resolve_storage_options(url: str | os.PathLike, storage_options: Mapping[str
         client_kwargs["region_name"] = region
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs
+    # Other processes write the archive: a cached directory listing would hide arrays and chunks they add
+    # (a reader that listed a Zarr group while it was being created kept seeing it empty). Opt back in with
+    # use_listings_cache: true for read-only data that never changes.
+    opts.setdefault("use_listings_cache", False)
     if opts.get("anon"):
         return opts
     # s3fs spells them key/secret/token; accept the boto spellings too.

@@ -159,6 +159,10 @@ def test_validate_observations_gives_reasons():
         validate_observations(df.drop(columns="value"))
     with pytest.raises(ValueError, match="error"):
         validate_observations(df.drop(columns="error"), variables=["t"])
+    extreme = validate_observations(pd.DataFrame({"time": [t] * 3, "lat": [0.0] * 3, "lon": [1e300, 5.0, 6.0],
+                                                  "value": [1.0] * 3, "error": [1.0, 1e300, 1e-300],
+                                                  "variable": ["t"] * 3}), variables=["t"], time=t)
+    assert list(extreme.qc) == ["lon_out_of_range", "bad_error", "bad_error"]
     u = validate_observations(df.assign(variable="u"), variables=["t"], time=t)
     assert (u.qc.iloc[:1] == "unknown_variable").all()
 

@@ -22,6 +22,7 @@ QC_REASONS = {
     "nonfinite_value": "value is NaN or infinite",
     "nonfinite_coordinate": "lat or lon is NaN or infinite",
     "lat_out_of_range": "latitude outside [-90, 90]",
+    "lon_out_of_range": "longitude outside [-360, 720] (taken modulo 360 only within that range)",
     "bad_error": "error standard deviation is not a finite positive number",
     "unknown_variable": "variable is not one the prior knows",
     "duplicate": "same time, place and variable as an earlier row",
@@ -84,9 +85,13 @@ def validate_observations(df: pd.DataFrame, variables: Iterable[str] | None = No
         out[c] = conv
     mark(~np.isfinite(numeric["lat"].values) | ~np.isfinite(numeric["lon"].values), "nonfinite_coordinate")
     mark(np.abs(numeric["lat"].values) > 90, "lat_out_of_range")
+    mark((numeric["lon"].values < -360) | (numeric["lon"].values > 720), "lon_out_of_range")
     mark(~np.isfinite(numeric["value"].values), "nonfinite_value")
     err = numeric["error"].values
-    mark(~np.isfinite(err) | (err <= 0), "bad_error")
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        # 1/sigma^2 must be a finite positive weight: huge or tiny errors would overflow the cost
+        weight = 1.0 / err**2
+    mark(~np.isfinite(err) | (err <= 0) | ~np.isfinite(weight) | (weight <= 0), "bad_error")
     if variables is not None:
         mark(~out["variable"].isin(variables).values, "unknown_variable")
     if "time" in out.columns:
