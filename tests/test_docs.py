@@ -1,4 +1,4 @@
-"""docs/operations.md: every documented command exists and parses, every YAML snippet is a valid run-config
+"""README.md: every documented command exists and parses, every YAML snippet is a valid run-config
 fragment, every deployment / work pool / file named exists (no server, no cluster, no network)."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "operations.md"
+DOC = REPO / "README.md"
 SECTIONS = ("Run it every day", "Backfill decades", "Run on a cluster", "Store on S3")
 VENV_BIN = Path(sys.executable).parent
 
@@ -163,6 +163,13 @@ def test_other_commands_exist_and_stay_on_loopback():
             for a in argv:
                 if a.startswith("tcp://"):
                     assert a.startswith("tcp://127.0.0.1:"), cmd
+        elif exe == "make":
+            targets = re.findall(r"^([A-Za-z][\w-]*):", (REPO / "Makefile").read_text(), flags=re.M)
+            assert all(t in targets for t in argv[1:]), cmd
+        elif exe.endswith("bin/python") and argv[1].endswith(".py"):
+            script = REPO / argv[1]
+            assert script.is_file(), cmd
+            assert "argparse" in script.read_text(), cmd
         else:
             pytest.fail(f"unchecked command in the docs: {cmd!r}; teach tests/test_docs.py about it")
 
