@@ -34,3 +34,52 @@ def read_fields(catalog_path: str | os.PathLike, name: str) -> xr.Dataset:
 def read_table(catalog_path: str | os.PathLike, name: str) -> pd.DataFrame:
     """Observation table of entry ``name`` as a pandas DataFrame."""
     return entry(open_catalog(catalog_path), name).read()
+
+
+def entry_metadata(catalog_path: str | os.PathLike, name: str) -> dict:
+    """The ``metadata`` mapping of entry ``name`` (empty if it has none)."""
+    return dict(getattr(entry(open_catalog(catalog_path), name), "metadata", None) or {})
+
+
+def register_zarr_source(catalog_path: str | os.PathLike, name: str, url: str, storage_options: dict | None = None,
+                         description: str = "", metadata: dict | None = None) -> str:
+    """Add or replace a ``driver: zarr`` (intake-xarray) entry ``name`` in the v1 YAML catalog at ``catalog_path``.
+
+    The file is created if missing and other entries are kept. A local archive inside the catalog's folder tree
+    is written relative to ``{{ CATALOG_DIR }}``. Storage options are written without secrets (credentials come
+    from the environment when the catalog is read). The file is replaced atomically. Returns its path.
+    ``intake.open_catalog(path)[name].to_dask()`` then opens the archive lazily with dask.
+    """
+    import yaml
+
+    from latentda import storage
+    from latentda.config import redact_storage_options
+
+    p = Path(catalog_path)
+    data = yaml.safe_load(p.read_text()) if p.exists() else None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict) or not isinstance(data.get("sources", {}), dict):
+        raise ValueError(f"output catalog {str(p)!r} is not a v1 Intake YAML catalog (a 'sources' mapping)")
+    data.setdefault("metadata", {"version": 1,
+                                 "description": "latentda reanalysis archives (entries written by latentda runs)"})
+    if storage.is_remote(url):
+        urlpath = storage.redact(url)
+    else:
+        local = os.path.abspath(storage.strip_protocol(url) if url.startswith("file://") else url)
+        rel = os.path.relpath(local, p.parent.resolve())
+        urlpath = local if rel.startswith(".." + os.sep + "..") else "{{ CATALOG_DIR }}/" + Path(rel).as_posix()
+    args: dict = {"urlpath": urlpath, "consolidated": False}
+    opts = redact_storage_options(storage_options)
+    if opts:
+        args["storage_options"] = opts
+    entry_ = {"description": description or f"latentda reanalysis archive {name}", "driver": "zarr",
+              "args": args, "metadata": storage.redact(dict(metadata or {}))}
+    data.setdefault("sources", {})[name] = entry_
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    header = "# Written by latentda (tasks.catalog.register_zarr_source): reanalysis archives, open with\n" \
+             "#   intake.open_catalog(PATH)[NAME].to_dask()\n"
+    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+    os.replace(tmp, p)
+    return str(p)

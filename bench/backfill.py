@@ -1,0 +1,158 @@
+"""Backfill throughput (days per minute): the reanalysis flow on 1 and 2 Dask workers vs a plain library loop.
+
+Run from the repository root::
+
+    .venv/bin/python bench/backfill.py                      # synthetic world + tiny prior (16x32, 2 variables)
+    .venv/bin/python bench/backfill.py --days 16 --repeats 3 --members 8
+    .venv/bin/python bench/backfill.py --config deploy/demo.yaml --days 8   # the demo (after `latentda train`)
+
+Each repeat writes the same days into a fresh archive three ways:
+
+* ``library``: ``latentda.archive.assimilate_days`` in this process (1 torch thread, as on a worker);
+* ``flow-1w`` / ``flow-2w``: ``flows.reanalysis.run_reanalysis`` on a LocalCluster of 1 / 2 worker processes
+  (wall time of the whole flow: cluster start, worker imports, Prefect task overhead and writes included).
+
+Prints per-run times, then the median days/minute of each mode and the ratios to the library loop. The flow
+archives are checked to hold the same bytes as the library loop's. Without ``PREFECT_API_URL`` one temporary
+Prefect server (in a temporary PREFECT_HOME) serves all runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="latentda-bench-prefect-")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def synthetic_config(root: Path, members: int, days: int) -> dict:
+    """A synthetic world like tests/conftest.py: fields + observations behind an Intake catalog, tiny prior."""
+    import yaml
+
+    from latentda.testing import synthetic_fields, synthetic_observations, tiny_prior
+
+    prior = tiny_prior(0)
+    prior_path = root / "tiny_prior.pt"
+    prior.save(str(prior_path))
+    fields = synthetic_fields(ntime=400 + days, variables=list(prior.variables), seed=0, start="2004-01-01")
+    fields.to_netcdf(root / "fields.nc", engine="netcdf4")
+    obs = synthetic_observations(fields.sel(time=slice("2005-01-01", None)), n=100, seed=1)
+    obs.to_parquet(root / "obs.parquet", index=False)
+    cat = root / "input.yaml"
+    cat.write_text(yaml.safe_dump({"metadata": {"version": 1}, "sources": {
+        "fields": {"driver": "netcdf", "args": {"urlpath": "{{ CATALOG_DIR }}/fields.nc",
+                                                "xarray_kwargs": {"engine": "netcdf4"}}},
+        "obs": {"driver": "tasks.intake_sources.ParquetTableSource",
+                "args": {"urlpath": "{{ CATALOG_DIR }}/obs.parquet"}}}}))
+    return {"name": "bench", "workdir": str(root / "work"), "variables": list(prior.variables),
+            "catalog": {"path": str(cat), "fields": "fields", "observations": "obs", "truth": None},
+            "prior": {"path": str(prior_path)},
+            "assimilation": {"members": members, "seed": 0},
+            "archive": {"url": str(root / "a.zarr"), "start": "2005-01-01", "end": "2005-12-31",
+                        "catalog": str(root / "catalog_out.yaml")},
+            "cluster": {"profile": "local", "n_workers": 2, "threads_per_worker": 1}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="benchmark this run config (its prior must exist); default: synthetic")
+    p.add_argument("--days", type=int, default=12, help="days per run (default 12)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of each mode (default 3)")
+    p.add_argument("--members", type=int, default=8, help="ensemble size (synthetic world; default 8)")
+    p.add_argument("--block-days", type=int, default=None, help="days per task (default: config's / auto)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = p.parse_args(argv)
+
+    import pandas as pd
+    import yaml
+
+    import latentda
+    from flows import prefect_api, quiet_dask_logs
+    from flows.reanalysis import provenance, run_reanalysis
+    from latentda import archive as lib
+    from latentda.config import config_from_dict, deep_merge, load_config
+    from tasks.assimilate import read_observations
+
+    quiet_dask_logs()
+    root = Path(tempfile.mkdtemp(prefix="latentda-bench-"))
+    if args.config:
+        base_cfg = load_config(args.config)
+        base = yaml.safe_load(Path(args.config).read_text())
+        base_dir = Path(args.config).resolve().parent
+        base = deep_merge(base, {"catalog": {"path": base_cfg.catalog.path}, "prior": {"path": base_cfg.prior_path},
+                                 "workdir": str(root / "work"), "archive": {"catalog": str(root / "cat.yaml")}})
+    else:
+        base = synthetic_config(root, args.members, args.days)
+        base_dir = root
+    if args.block_days:
+        base = deep_merge(base, {"assimilation": {"block_days": args.block_days}})
+    cfg0 = config_from_dict(base, base_dir=base_dir)
+    start = pd.Timestamp(cfg0.backfill_period().start)
+    days = [str(d.date()) for d in pd.date_range(start, periods=args.days, freq="D")]
+    print(f"benchmark: {args.days} days from {days[0]}, {cfg0.assimilation.members} members, variables "
+          f"{cfg0.variables}, prior {cfg0.prior_path}; temp {root}", flush=True)
+
+    prior = latentda.load_prior(cfg0.prior_path, device="cpu")
+    table = read_observations(cfg0.catalog.path, cfg0.catalog.observations)
+    times: dict[str, list[float]] = {"library": [], "flow-1w": [], "flow-2w": []}
+    same = True
+    with prefect_api():
+        for r in range(args.repeats):
+            # library loop
+            url = str(root / f"lib-{r}.zarr")
+            spec = lib.archive_spec(prior, cfg0.archive.start, cfg0.archive.end, cfg0.assimilation.members,
+                                    cfg0.members_to_keep, cfg0.variables)
+            lib.create_archive(url, spec, dict(provenance(cfg0), model_checksum=prior.checksum()))
+            t0 = time.perf_counter()
+            lib.assimilate_days(prior, table, days, url, members=cfg0.assimilation.members,
+                                seed=cfg0.assimilation.seed, members_to_keep=cfg0.members_to_keep,
+                                options=cfg0.assimilation.options, config_hash=cfg0.hash,
+                                threads=cfg0.assimilation.threads)
+            times["library"].append(time.perf_counter() - t0)
+            print(f"  repeat {r}: library  {times['library'][-1]:7.1f} s", flush=True)
+            for n in (1, 2):
+                d = root / f"flow{n}-{r}"
+                d.mkdir()
+                cfg_dict = deep_merge(base, {"archive": {"url": str(d / "a.zarr")},
+                                             "cluster": {"profile": "local", "n_workers": n,
+                                                         "threads_per_worker": 1}})
+                cfg_path = d / "run.yaml"  # every path in it is absolute
+                cfg_path.write_text(yaml.safe_dump(cfg_dict))
+                t0 = time.perf_counter()
+                s = run_reanalysis(str(cfg_path), days[0], days[-1], progress=False, evaluate_skill=False)
+                times[f"flow-{n}w"].append(time.perf_counter() - t0)
+                assert s["days_written"] == len(days), s
+                a, b = lib.open_archive(url), lib.open_archive(str(d / "a.zarr"))
+                eq = all(a[v].values.tobytes() == b[v].values.tobytes() for v in a.data_vars
+                         if v != "config_sha256")
+                same &= eq
+                print(f"  repeat {r}: flow-{n}w  {times[f'flow-{n}w'][-1]:7.1f} s ({s['blocks']} blocks)"
+                      f"{'' if eq else '  BYTES DIFFER'}", flush=True)
+
+    print("\nmode       median s   days/min   ratio to library")
+    lib_rate = len(days) / statistics.median(times["library"]) * 60
+    for mode, ts in times.items():
+        med = statistics.median(ts)
+        rate = len(days) / med * 60
+        print(f"{mode:<10}{med:9.1f}{rate:11.1f}{rate / lib_rate:12.2f}")
+    speedup = statistics.median(times["flow-1w"]) / statistics.median(times["flow-2w"])
+    print(f"flow-2w / flow-1w speed-up: {speedup:.2f}")
+    print(f"archives identical to the library loop's: {same}")
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Flow ``evaluate``: skill of the archive against the truth or held-out stations, published as a Prefect markdown
+artifact (a table and a link to a quicklook image)."""
+from __future__ import annotations
+
+import os
+import re
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from latentda import archive as lib
+from latentda import storage
+from latentda.config import RunConfig, load_config
+from tasks.evaluate import evaluate, make_quicklook
+
+
+def quicklook_path(cfg: RunConfig, day: str, variable: str) -> str:
+    return storage.join(cfg.workdir, "quicklooks", f"{cfg.archive.name}_{variable}_{day}.png")
+
+
+def pick_day(cfg: RunConfig, start: str | None, end: str | None) -> str | None:
+    """The middle done day of the range (None if none is done)."""
+    st = lib.day_status(cfg.archive_url, cfg.archive.storage_options, start, end)
+    done = st.index[st.values]
+    return None if len(done) == 0 else str(done[len(done) // 2].date())
+
+
+@flow(name="evaluate")
+def evaluate_flow(config_path: str, start: str | None = None, end: str | None = None,
+                  overrides: dict | None = None, day: str | None = None) -> dict:
+    """Evaluate the done days of ``start..end`` (default: the backfill range); returns scores and the PNG path."""
+    log = get_run_logger()
+    cfg = load_config(config_path, overrides)
+    p = cfg.backfill_period()
+    start, end = str(start or p.start), str(end or p.end)
+    url, so = cfg.archive_url, cfg.archive.storage_options
+    result = evaluate(url, so, list(cfg.variables), start, end, cfg.catalog.path, cfg.catalog.truth,
+                      cfg.catalog.observations, cfg.evaluation.holdout_fraction, cfg.assimilation.seed,
+                      cfg.training_store, cfg.assimilation.members)
+    day = day or pick_day(cfg, start, end)
+    png = None
+    if day is not None:
+        png = make_quicklook(url, so, day, cfg.quicklook_variable, quicklook_path(cfg, day, cfg.quicklook_variable),
+                             cfg.catalog.path, cfg.catalog.observations, cfg.catalog.truth,
+                             cfg.evaluation.holdout_fraction, cfg.assimilation.seed)
+    link = ""
+    if png:
+        href = png if storage.is_remote(png) else "file://" + os.path.abspath(png)
+        link = f"\n\nQuicklook of {cfg.quicklook_variable} on {day}: [{os.path.basename(png)}]({href})"
+    md = (f"# latentda reanalysis `{cfg.name}`: skill {start} .. {end}\n\n"
+          f"Archive: `{storage.redact(url)}` (catalog `{cfg.output_catalog}`, entry `{cfg.archive.name}`)\n\n"
+          + result["markdown"] + link)
+    key = re.sub(r"[^a-z0-9-]+", "-", f"latentda-skill-{cfg.name}".lower()).strip("-")
+    artifact = create_markdown_artifact(markdown=md, key=key, description=f"reanalysis skill {start}..{end}")
+    log.info("evaluation of %d day(s) published as artifact %s", result["days"], key)
+    return {"evaluation": result, "quicklook": png, "artifact_key": key, "artifact_id": str(artifact),
+            "markdown": md}
+
+
+def run_evaluate(config_path: str, start: str | None = None, end: str | None = None,
+                 overrides: dict | None = None, day: str | None = None) -> dict:
+    """Run the ``evaluate`` flow (its tasks are light: they run in the flow process)."""
+    return evaluate_flow(config_path=str(config_path), start=start, end=end, overrides=overrides, day=day)

@@ -1,0 +1,668 @@
+"""The reanalysis archive: a Zarr v3 store pre-sized on ``time``, written one day at a time by region writes.
+
+Layout (one chunk = one day of the whole grid; DESIGN.md archive variables)::
+
+    <var>             (time, lat, lon)          float32  ensemble mean (CF attributes of the prior's fields)
+    <var>_spread      (time, lat, lon)          float32  ensemble standard deviation
+    <var>_members     (time, member, lat, lon)  float32  only when members are kept
+    obs_used, obs_rejected, iterations (time,) int32; fit_before, fit_after, cost, converged_fraction (time,)
+    float32; no_obs (time,) int8                         per-day diagnostics (latentda.analysis.DIAGNOSTICS)
+    model_sha256, obs_sha256, config_sha256 (time, sha256_byte=32) uint8   per-day provenance (hash bytes)
+    done              (time,) int8                       1 once the day is complete: written LAST
+
+Global ``latentda:*`` attributes record the package version, git sha, model checksum, config hash, catalog
+entries, members and the creation time; nothing per-day carries a timestamp, so rewriting a day rewrites the same
+bytes. Writing a day is two region writes of whole chunks (``region={"time": slice(i, i + 1)}``, ``mode="r+"``):
+first every data, diagnostic and provenance variable, then the ``done`` flag; a crash between the two leaves the
+day "not done" and a rerun rewrites it identically. Days are independent chunks, so workers write concurrently
+without locks.
+
+Typical use (the plain library loop; the Prefect flow does the same per block of days on Dask)::
+
+    spec = archive_spec(prior, "2005-01-01", "2005-12-31", members=16)
+    create_archive(url, spec, provenance={"config_hash": h})
+    assimilate_days(prior, obs_table, days, url, members=16, seed=0)
+    missing_days(url, "2005-01-01", "2005-01-31")
+
+The training store (standardised anomalies + climatology, :func:`write_training_store`) is the other Zarr store
+of a run. No orchestration import here (numpy, pandas, xarray, zarr; dask.array for the lazy template only).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import __version__
+from .analysis import DIAG_ATTRS, DIAGNOSTICS
+from .grid import Grid
+from . import storage
+
+__all__ = ["ArchiveSpec", "ArchiveError", "ArchiveMismatchError", "archive_spec", "template", "create_archive",
+           "open_archive", "check_compatible", "write_day", "day_status", "missing_days", "done_days",
+           "validate_archive", "assimilate_day", "assimilate_days", "observations_for_day", "table_hash",
+           "git_sha", "hexdigest", "to_days", "torch_threads", "write_training_store", "open_training_store",
+           "training_fields"]
+
+DONE = "done"
+HASH_DIM = "sha256_byte"
+PROVENANCE_VARS = {
+    "model_sha256": "SHA-256 of the prior checkpoint that produced this day",
+    "obs_sha256": "SHA-256 of this day's observation table as given to the assimilation",
+    "config_sha256": "SHA-256 of the run configuration (latentda.config.config_hash)",
+}
+DIAG_DTYPES = {"obs_used": np.int32, "obs_rejected": np.int32, "iterations": np.int32, "no_obs": np.int8}
+TIME_ENCODING = {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
+
+
+class ArchiveError(RuntimeError):
+    """The archive is unusable or inconsistent (the message says what and how to fix it)."""
+
+
+class ArchiveMismatchError(ArchiveError, ValueError):
+    """An existing store does not match the run configuration; it is never overwritten silently."""
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def to_days(values: Any) -> list[pd.Timestamp]:
+    """Normalise a date, string or iterable of them to a list of midnight Timestamps (no time zone)."""
+    if isinstance(values, (str, _dt.date, np.datetime64, pd.Timestamp)):
+        values = [values]
+    out = []
+    for v in values:
+        t = pd.Timestamp(v)
+        if t.tzinfo is not None:
+            t = t.tz_convert("UTC").tz_localize(None)
+        out.append(t.normalize())
+    return out
+
+
+def table_hash(df: pd.DataFrame) -> str:
+    """sha256 of a table's content (column names, dtypes and values, row order included), hex."""
+    h = hashlib.sha256()
+    cols = list(df.columns)
+    h.update(json.dumps([[str(c), str(df[c].dtype)] for c in cols]).encode())
+    if len(df):
+        h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+    return h.hexdigest()
+
+
+def _hash_bytes(hexstr: str | None) -> np.ndarray:
+    if not hexstr:
+        return np.zeros(32, dtype=np.uint8)
+    b = bytes.fromhex(hexstr) if len(hexstr) == 64 else hashlib.sha256(hexstr.encode()).digest()
+    return np.frombuffer(b, dtype=np.uint8).copy()
+
+
+def hexdigest(arr: xr.DataArray | np.ndarray) -> str | list[str]:
+    """Hex strings of a hash-bytes variable: one day (32,) -> str; several days (n, 32) -> list of str."""
+    a = np.asarray(arr, dtype=np.uint8)
+    if a.ndim == 1:
+        return a.tobytes().hex() if a.any() else ""
+    return [row.tobytes().hex() if row.any() else "" for row in a]
+
+
+def git_sha(start: str | os.PathLike | None = None) -> str:
+    """The commit of the checkout holding this package (read from .git without running git); 'unknown' if none."""
+    here = Path(start or __file__).resolve()
+    for d in [here, *here.parents]:
+        g = d / ".git"
+        if g.is_file():  # worktree: "gitdir: PATH"
+            txt = g.read_text().strip()
+            if txt.startswith("gitdir:"):
+                g = (d / txt.split(":", 1)[1].strip()).resolve()
+        if not g.is_dir():
+            continue
+        try:
+            head = (g / "HEAD").read_text().strip()
+            if not head.startswith("ref:"):
+                return head
+            ref = head.split(":", 1)[1].strip()
+            for base in (g, _common_dir(g)):
+                p = base / ref
+                if p.is_file():
+                    return p.read_text().strip()
+                packed = base / "packed-refs"
+                if packed.is_file():
+                    for line in packed.read_text().splitlines():
+                        if line.endswith(" " + ref):
+                            return line.split()[0]
+        except OSError:
+            return "unknown"
+        return "unknown"
+    return "unknown"
+
+
+def _common_dir(g: Path) -> Path:
+    c = g / "commondir"
+    return (g / c.read_text().strip()).resolve() if c.is_file() else g
+
+
+def _store(url: str, storage_options: Mapping[str, Any] | None, read_only: bool = False):
+    return storage.zarr_store(url, storage_options or None, read_only=read_only)
+
+
+def _exists(url: str, storage_options: Mapping[str, Any] | None) -> bool:
+    if not storage.is_remote(url):
+        return os.path.exists(storage.strip_protocol(url) if url.startswith("file://") else url)
+    return storage.exists(url, storage_options or None)
+
+
+# ----------------------------------------------------------------------------------------------- the spec
+@dataclasses.dataclass(frozen=True)
+class ArchiveSpec:
+    """What an archive holds: variables, grid, the pre-sized period, ensemble size and members kept."""
+
+    variables: tuple[str, ...]
+    grid: Grid
+    start: pd.Timestamp
+    end: pd.Timestamp
+    members: int
+    members_to_keep: int = 0
+    var_attrs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        start, end = to_days(self.start)[0], to_days(self.end)[0]
+        if end < start:
+            raise ValueError(f"archive period end {end.date()} is before start {start.date()}")
+        if self.members < 1:
+            raise ValueError(f"members={self.members} must be >= 1")
+        if not 0 <= self.members_to_keep <= self.members:
+            raise ValueError(f"members_to_keep={self.members_to_keep} must be in [0, members={self.members}]")
+        if not self.variables:
+            raise ValueError("an archive needs at least one variable")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+        object.__setattr__(self, "variables", tuple(self.variables))
+
+    @property
+    def times(self) -> pd.DatetimeIndex:
+        return pd.date_range(self.start, self.end, freq="D")
+
+    def field_names(self) -> list[str]:
+        names = []
+        for v in self.variables:
+            names += [v, f"{v}_spread"] + ([f"{v}_members"] if self.members_to_keep else [])
+        return names
+
+
+def archive_spec(prior, start: Any, end: Any, members: int, members_to_keep: int = 0,
+                 variables: Sequence[str] | None = None) -> ArchiveSpec:
+    """The :class:`ArchiveSpec` of a prior (its variables, grid and CF attributes) over ``start..end``."""
+    variables = tuple(variables or prior.variables)
+    missing = [v for v in variables if v not in prior.variables]
+    if missing:
+        raise ValueError(f"variable(s) {missing} are not in the prior; it has {list(prior.variables)}")
+    return ArchiveSpec(variables=variables, grid=prior.grid, start=start, end=end, members=int(members),
+                       members_to_keep=int(members_to_keep), var_attrs=dict(getattr(prior, "var_attrs", {}) or {}))
+
+
+# ----------------------------------------------------------------------------------------------- template
+def template(spec: ArchiveSpec, attrs: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """The lazy (dask-backed) dataset of the whole archive, chunked one day per chunk, for ``compute=False``."""
+    import dask.array as dsa  # lazily: only the template needs dask
+
+    t = spec.times
+    nt, (ny, nx) = len(t), spec.grid.shape
+    k = spec.members_to_keep
+    data: dict[str, Any] = {}
+    for v in spec.variables:
+        a = {kk: vv for kk, vv in dict(spec.var_attrs.get(v, {})).items() if kk != "_FillValue"}
+        data[v] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32,
+                                                    chunks=(1, ny, nx)), a)
+        sa = {kk: vv for kk, vv in a.items() if kk == "units"}
+        sa["long_name"] = f"ensemble standard deviation of {a.get('long_name', v)}"
+        data[f"{v}_spread"] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32,
+                                                                chunks=(1, ny, nx)), sa)
+        if k:
+            ma = dict(a, long_name=f"ensemble members of {a.get('long_name', v)}")
+            data[f"{v}_members"] = (("time", "member", "lat", "lon"),
+                                    dsa.full((nt, k, ny, nx), np.nan, dtype=np.float32, chunks=(1, k, ny, nx)), ma)
+    for name in DIAGNOSTICS:
+        dt = DIAG_DTYPES.get(name, np.float32)
+        fill = 0 if np.issubdtype(dt, np.integer) else np.nan
+        data[name] = (("time",), dsa.full((nt,), fill, dtype=dt, chunks=1), dict(DIAG_ATTRS[name]))
+    for name, ln in PROVENANCE_VARS.items():
+        data[name] = (("time", HASH_DIM), dsa.zeros((nt, 32), dtype=np.uint8, chunks=(1, 32)),
+                      {"long_name": ln, "comment": "32 bytes of the digest; latentda.archive.hexdigest() gives hex; "
+                                                   "all zero for a day not written"})
+    data[DONE] = (("time",), dsa.zeros((nt,), dtype=np.int8, chunks=1),
+                  {"long_name": "day complete (written after all of the day's data)", "flag_values": [0, 1],
+                   "flag_meanings": "missing done", "units": "1"})
+    coords = {
+        "time": ("time", t.values, {"standard_name": "time", "long_name": "analysis day (00 UTC)"}),
+        "lat": ("lat", spec.grid.lat, {"units": "degrees_north", "standard_name": "latitude"}),
+        "lon": ("lon", spec.grid.lon, {"units": "degrees_east", "standard_name": "longitude"}),
+    }
+    if k:
+        coords["member"] = ("member", np.arange(k), {"long_name": "ensemble member"})
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs.update({"Conventions": "CF-1.10", "title": "latentda reanalysis",
+                     "source": "latent-space data assimilation with a VAE prior (latentda)"})
+    ds.attrs.update(_spec_attrs(spec))
+    for key, val in (attrs or {}).items():
+        key = key if key.startswith("latentda:") or key in ("title", "institution", "history", "comment",
+                                                               "references") else f"latentda:{key}"
+        ds.attrs[key] = val if isinstance(val, (str, int, float)) else json.dumps(val, sort_keys=True, default=str)
+    return ds
+
+
+def _spec_attrs(spec: ArchiveSpec) -> dict[str, Any]:
+    return {"latentda:variables": json.dumps(list(spec.variables)), "latentda:members": int(spec.members),
+            "latentda:members_kept": int(spec.members_to_keep),
+            "latentda:period": f"{spec.start.date()}/{spec.end.date()}", "latentda:grid": spec.grid.describe()}
+
+
+def _encoding(ds: xr.Dataset) -> dict[str, dict]:
+    enc: dict[str, dict] = {"time": dict(TIME_ENCODING, chunks=(ds.sizes["time"],))}
+    for name, var in ds.data_vars.items():
+        e: dict[str, Any] = {"chunks": tuple(1 if d == "time" else ds.sizes[d] for d in var.dims)}
+        if np.issubdtype(var.dtype, np.floating):
+            e["_FillValue"] = np.float32(np.nan)
+        enc[name] = e
+    return enc
+
+
+# --------------------------------------------------------------------------------------- create and check
+def create_archive(url: str, spec: ArchiveSpec, provenance: Mapping[str, Any] | None = None,
+                   storage_options: Mapping[str, Any] | None = None) -> str:
+    """Create the pre-sized archive at ``url`` (metadata only; no chunk is written), or check an existing one.
+
+    ``provenance``: extra global attributes (``config_hash``, ``model_checksum``, ``catalog``, ...), stored as
+    ``latentda:<key>``; the package version, git sha and creation time are added here. Credentials must not be
+    in it (they are refused).
+
+    Returns ``"created"`` or ``"exists"``. An existing store that does not match ``spec`` raises
+    :class:`ArchiveMismatchError` (never overwritten). A store left half-created by a crash (no
+    ``latentda:initialised`` attribute and no day done) is recreated.
+    """
+    prov = dict(provenance or {})
+    bad = [k for k in _walk_keys(prov) if storage.is_sensitive_key(k)]
+    if bad:
+        raise ValueError(f"provenance must not hold credentials; remove key(s) {bad}")
+    if _exists(url, storage_options):
+        try:
+            ds = open_archive(url, storage_options)
+        except Exception as err:  # noqa: BLE001 - anything unreadable is "not an archive"
+            raise ArchiveMismatchError(
+                f"{_show(url)} exists but is not a readable Zarr archive ({type(err).__name__}: {err}); "
+                "choose another archive.url or remove it yourself") from None
+        initialised = "latentda:initialised" in ds.attrs
+        any_done = DONE in ds and bool(ds[DONE].values.any())
+        if initialised or any_done:
+            check_compatible(ds, spec, url=url)
+            return "exists"
+        if "latentda:variables" not in ds.attrs:
+            raise ArchiveMismatchError(f"{_show(url)} exists but is not a latentda archive; choose another "
+                                       "archive.url (an existing store is never overwritten)")
+        # else: half-created by a crash before it was marked initialised and no day written: recreate it
+    attrs = {"latentda:version": __version__, "latentda:git_sha": git_sha(),
+             "latentda:created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
+    attrs.update({(k if k.startswith("latentda:") else f"latentda:{k}"): v for k, v in prov.items()})
+    ds = template(spec, attrs)
+    store = _store(url, storage_options)
+    ds.to_zarr(store, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=_encoding(ds))
+    import zarr
+
+    g = zarr.open_group(_store(url, storage_options), mode="r+", zarr_format=3)
+    g.attrs.update({"latentda:initialised": 1})
+    return "created"
+
+
+def _walk_keys(obj: Any) -> Iterable[str]:
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield str(k)
+            yield from _walk_keys(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _walk_keys(v)
+
+
+def _show(url: str) -> str:
+    return repr(storage.redact(url))
+
+
+def open_archive(url: str, storage_options: Mapping[str, Any] | None = None, chunks: Any = None) -> xr.Dataset:
+    """The archive as a lazily loaded xarray Dataset (no dask by default; ``chunks={}``: dask arrays with the
+    store's chunks, one day each)."""
+    if not _exists(url, storage_options):
+        raise FileNotFoundError(f"no archive at {_show(url)}; create it first (`latentda backfill` or "
+                                "the init step of the reanalysis flow)")
+    return xr.open_zarr(_store(url, storage_options, read_only=True), consolidated=False, chunks=chunks,
+                        zarr_format=3)
+
+
+def check_compatible(ds_or_url: xr.Dataset | str, spec: ArchiveSpec, url: str | None = None,
+                     storage_options: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`ArchiveMismatchError` listing every difference between the store and ``spec``."""
+    if isinstance(ds_or_url, str):
+        url = ds_or_url
+        ds = open_archive(url, storage_options)
+    else:
+        ds = ds_or_url
+    where = _show(url) if url else "the archive"
+    problems = []
+    if "lat" not in ds.coords or "lon" not in ds.coords:
+        problems.append("it has no lat/lon coordinates")
+    else:
+        g = Grid(ds["lat"].values, ds["lon"].values)
+        if not g.matches(spec.grid):
+            problems.append(f"grid: store has {g.describe()}, config/prior has {spec.grid.describe()}")
+    have = sorted(v for v in ds.data_vars if v.endswith("_spread"))
+    want = sorted(f"{v}_spread" for v in spec.variables)
+    if have != want or any(v not in ds.data_vars for v in spec.variables):
+        problems.append(f"variables: store has {[h[:-7] for h in have]}, config has {list(spec.variables)}")
+    if "time" in ds.coords:
+        t = pd.DatetimeIndex(ds["time"].values)
+        if len(t) == 0 or t[0] != spec.start or t[-1] != spec.end or len(t) != len(spec.times):
+            first = t[0].date() if len(t) else None
+            last = t[-1].date() if len(t) else None
+            problems.append(f"period: store covers {first}..{last} ({len(t)} days), config has "
+                            f"{spec.start.date()}..{spec.end.date()} ({len(spec.times)} days)")
+    else:
+        problems.append("it has no time coordinate")
+    m = ds.attrs.get("latentda:members")
+    if m is not None and int(m) != spec.members:
+        problems.append(f"members: store was made with {int(m)} members, config has {spec.members}")
+    kept = ds.sizes.get("member", 0)
+    if kept != spec.members_to_keep:
+        problems.append(f"members kept: store keeps {kept}, config keeps {spec.members_to_keep}")
+    for name in spec.field_names():
+        if name in ds and "time" in ds[name].dims:
+            ch = ds[name].encoding.get("chunks") or ds[name].encoding.get("preferred_chunks", {}).get("time")
+            tc = ch[ds[name].dims.index("time")] if isinstance(ch, (tuple, list)) else ch
+            if tc not in (None, 1):
+                problems.append(f"{name}: time chunk {tc} (must be 1 day for safe region writes)")
+                break
+    if problems:
+        raise ArchiveMismatchError(
+            f"existing archive {where} does not match the run configuration:\n  - " + "\n  - ".join(problems)
+            + "\nIt is left untouched. Point archive.url at a new location, or delete that store yourself if "
+              "you mean to replace it.")
+
+
+# ------------------------------------------------------------------------------------------------- writes
+def _day_index(ds: xr.Dataset, day: pd.Timestamp, url: str) -> int:
+    t = pd.DatetimeIndex(ds["time"].values)
+    i = int((day - t[0]).days)
+    if i < 0 or i >= len(t) or t[i] != day:
+        raise ArchiveError(f"day {day.date()} is outside the archive period {t[0].date()}..{t[-1].date()} of "
+                           f"{_show(url)}; extend archive.start/end in a new archive or pick a day inside")
+    return i
+
+
+def write_day(url: str, analysis: xr.Dataset, provenance: Mapping[str, str | None] | None = None,
+              storage_options: Mapping[str, Any] | None = None, members_to_keep: int | None = None) -> int:
+    """Write one day's analysis (the :func:`latentda.analysis.analysis_dataset` layout) into its time slot.
+
+    ``provenance``: ``model_checksum``, ``obs_hash``, ``config_hash`` (hex sha256), stored as hash bytes.
+    Two region writes of whole chunks: the data, diagnostics and provenance first, then ``done = 1``.
+    Returns the time index written. Raises :class:`ArchiveError` for a day outside the period or data that does
+    not fit the store (grid, variables, members).
+    """
+    if "time" not in analysis.dims or analysis.sizes["time"] != 1:
+        raise ValueError("write_day takes one day: an analysis dataset with time of length 1")
+    day = to_days(analysis["time"].values[0])[0]
+    ds_store = open_archive(url, storage_options)
+    i = _day_index(ds_store, day, url)
+    if not Grid(ds_store["lat"].values, ds_store["lon"].values).matches(Grid.from_dataset(analysis)):
+        raise ArchiveError(f"analysis grid {Grid.from_dataset(analysis).describe()} differs from the archive grid")
+    variables = json.loads(ds_store.attrs.get("latentda:variables", "[]")) or \
+        [v[:-7] for v in ds_store.data_vars if v.endswith("_spread")]
+    k = ds_store.sizes.get("member", 0) if members_to_keep is None else members_to_keep
+    out = {}
+    for v in variables:
+        if v not in analysis or f"{v}_spread" not in analysis:
+            raise ArchiveError(f"analysis lacks {v!r} or {v}_spread; it has {sorted(analysis.data_vars)}")
+        out[v] = analysis[v].transpose("time", "lat", "lon").astype(np.float32)
+        out[f"{v}_spread"] = analysis[f"{v}_spread"].transpose("time", "lat", "lon").astype(np.float32)
+        if k:
+            mv = analysis.get(f"{v}_members")
+            if mv is None or mv.sizes.get("member", 0) < k:
+                raise ArchiveError(f"the archive keeps {k} members but the analysis has "
+                                   f"{0 if mv is None else mv.sizes.get('member', 0)} for {v!r}: assimilate with "
+                                   "keep_members=True")
+            out[f"{v}_members"] = mv.isel(member=slice(0, k)).transpose("time", "member", "lat", "lon") \
+                .astype(np.float32)
+    for name in DIAGNOSTICS:
+        dt = DIAG_DTYPES.get(name, np.float32)
+        val = analysis[name].values if name in analysis else np.array([0 if np.issubdtype(dt, np.integer)
+                                                                       else np.nan])
+        if np.issubdtype(dt, np.integer):
+            val = np.nan_to_num(np.asarray(val, dtype=np.float64), nan=0)
+        out[name] = (("time",), np.asarray(val).reshape(1).astype(dt))
+    prov = dict(provenance or {})
+    for name, key in (("model_sha256", "model_checksum"), ("obs_sha256", "obs_hash"),
+                      ("config_sha256", "config_hash")):
+        out[name] = (("time", HASH_DIM), _hash_bytes(prov.get(key))[None])
+    day_ds = xr.Dataset(out)
+    day_ds = day_ds.drop_vars([c for c in day_ds.coords])
+    day_ds.attrs = {}
+    _write_region(url, storage_options, day_ds, i)
+    _write_done(url, storage_options, i)
+    return i
+
+
+def _write_region(url: str, storage_options: Mapping[str, Any] | None, ds: xr.Dataset, i: int) -> None:
+    """Region write of whole one-day chunks (time index ``i``); every variable must have the time dim."""
+    ds.to_zarr(_store(url, storage_options), region={"time": slice(i, i + 1)}, mode="r+", consolidated=False,
+               zarr_format=3)
+
+
+def _write_done(url: str, storage_options: Mapping[str, Any] | None, i: int) -> None:
+    """Set the done flag of day ``i`` (called only after the day's data is written)."""
+    _write_region(url, storage_options, xr.Dataset({DONE: (("time",), np.ones(1, dtype=np.int8))}), i)
+
+
+# ------------------------------------------------------------------------------------------------- status
+def day_status(url: str, storage_options: Mapping[str, Any] | None = None, start: Any = None,
+               end: Any = None) -> pd.Series:
+    """``done`` flag per day (bool Series indexed by date) over ``start..end`` (default: the whole period)."""
+    ds = open_archive(url, storage_options)
+    done = ds[DONE]
+    if start is not None or end is not None:
+        t = pd.DatetimeIndex(ds["time"].values)
+        s = to_days(start)[0] if start is not None else t[0]
+        e = to_days(end)[0] if end is not None else t[-1]
+        if s < t[0] or e > t[-1]:
+            raise ArchiveError(f"range {s.date()}..{e.date()} is outside the archive period "
+                               f"{t[0].date()}..{t[-1].date()}")
+        done = done.sel(time=slice(s, e))
+    vals = done.values.astype(bool)
+    return pd.Series(vals, index=pd.DatetimeIndex(done["time"].values, name="time"), name=DONE)
+
+
+def missing_days(url: str, start: Any = None, end: Any = None,
+                 storage_options: Mapping[str, Any] | None = None) -> list[pd.Timestamp]:
+    """Days of ``start..end`` whose done flag is not set (all of them if the archive does not exist yet)."""
+    if not _exists(url, storage_options):
+        if start is None or end is None:
+            raise FileNotFoundError(f"no archive at {_show(url)}")
+        return list(pd.date_range(to_days(start)[0], to_days(end)[0], freq="D"))
+    st = day_status(url, storage_options, start, end)
+    return list(st.index[~st.values])
+
+
+def done_days(url: str, start: Any = None, end: Any = None,
+              storage_options: Mapping[str, Any] | None = None) -> list[pd.Timestamp]:
+    st = day_status(url, storage_options, start, end)
+    return list(st.index[st.values])
+
+
+def validate_archive(url: str, storage_options: Mapping[str, Any] | None = None, spec: ArchiveSpec | None = None,
+                     start: Any = None, end: Any = None) -> dict[str, Any]:
+    """Check the archive: compatible with ``spec`` (if given), every done day has finite fields and provenance.
+
+    Returns a report ``{"days", "done", "missing", "problems": [...]}``; raises :class:`ArchiveError` when there
+    are problems (a done day must never lack its data).
+    """
+    ds = open_archive(url, storage_options)
+    if spec is not None:
+        check_compatible(ds, spec, url=url)
+    if start is not None or end is not None:
+        ds = ds.sel(time=slice(to_days(start or ds.time.values[0])[0], to_days(end or ds.time.values[-1])[0]))
+    done = ds[DONE].values.astype(bool)
+    problems = []
+    variables = json.loads(ds.attrs.get("latentda:variables", "[]"))
+    if done.any():
+        idx = np.nonzero(done)[0]
+        sub = ds.isel(time=idx)
+        for v in variables:
+            for name in (v, f"{v}_spread"):
+                bad = ~np.isfinite(sub[name].values).all(axis=(1, 2))
+                if bad.any():
+                    days = [str(d)[:10] for d in sub["time"].values[bad]]
+                    problems.append(f"{name}: non-finite values on done day(s) {days}")
+        nohash = ~sub["model_sha256"].values.any(axis=1)
+        if nohash.any():
+            problems.append(f"model_sha256 missing on done day(s) {[str(d)[:10] for d in sub.time.values[nohash]]}")
+    report = {"url": storage.redact(url), "days": int(done.size), "done": int(done.sum()),
+              "missing": int((~done).sum()), "problems": problems}
+    if problems:
+        raise ArchiveError(f"archive {_show(url)} failed validation: " + "; ".join(problems))
+    return report
+
+
+# ------------------------------------------------------------------------------------ the library loop
+def observations_for_day(observations: pd.DataFrame, day: Any, exclude_stations: Iterable[str] | None = None
+                         ) -> pd.DataFrame:
+    """The rows of ``observations`` on ``day`` (by the date of ``time``), minus ``exclude_stations``."""
+    if "time" not in observations.columns:
+        raise ValueError(f"the observation table has no 'time' column; it has {list(observations.columns)}")
+    d = to_days(day)[0]
+    t = pd.to_datetime(observations["time"])
+    if getattr(t.dt, "tz", None) is not None:
+        t = t.dt.tz_convert("UTC").dt.tz_localize(None)
+    rows = observations[(t.dt.normalize() == d).values]
+    if exclude_stations is not None and "station_id" in rows.columns:
+        ex = set(map(str, exclude_stations))
+        if ex:
+            rows = rows[~rows["station_id"].astype(str).isin(ex).values]
+    return rows.reset_index(drop=True)
+
+
+def assimilate_day(prior, observations: pd.DataFrame, day: Any, members: int, seed: int,
+                   members_to_keep: int = 0, options: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """One day's analysis: ``latentda.assimilate`` with the run's base ``seed`` (it derives each day's and member's
+    draws from ``SeedSequence([seed, day, ...])``, so the same call in a notebook reproduces the archived day)."""
+    from . import assimilate  # lazy: latentda.da pulls in torch
+
+    d = to_days(day)[0]
+    return assimilate(prior, observations, d, members=int(members), seed=int(seed),
+                      keep_members=bool(members_to_keep), **dict(options or {}))
+
+
+def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], url: str, *, members: int,
+                    seed: int, members_to_keep: int = 0, options: Mapping[str, Any] | None = None,
+                    config_hash: str | None = None, storage_options: Mapping[str, Any] | None = None,
+                    exclude_stations: Iterable[str] | None = None, skip_done: bool = False,
+                    progress=None, threads: int | None = 1) -> list[str]:
+    """Assimilate and write each of ``days`` into the archive at ``url``; returns the ISO dates written.
+
+    This is the plain library loop: the reanalysis flow calls it once per block of days on a Dask worker, so both
+    write the same bytes. ``skip_done`` leaves days already marked done alone. ``progress``: a callable
+    ``progress(day_iso)`` called after each day. ``threads``: torch intra-op threads during the assimilation
+    (restored afterwards). The float32 reductions round differently with another thread count, so keep it
+    fixed (default 1, as on a Dask worker) for byte-identical archives whatever machine or layout runs a day;
+    None leaves torch's setting alone.
+    """
+    checksum = prior.checksum()
+    exclude = list(exclude_stations or [])
+    todo = to_days(list(days))
+    if skip_done:
+        missing = {d for d in missing_days(url, min(todo), max(todo), storage_options)} if todo else set()
+        todo = [d for d in todo if d in missing]
+    written = []
+    for d in todo:
+        obs = observations_for_day(observations, d, exclude)
+        with torch_threads(threads):
+            ana = assimilate_day(prior, obs, d, members, seed, members_to_keep, options)
+        write_day(url, ana, {"model_checksum": checksum, "obs_hash": table_hash(obs), "config_hash": config_hash},
+                  storage_options, members_to_keep=members_to_keep)
+        written.append(str(d.date()))
+        if progress is not None:
+            progress(written[-1])
+    return written
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` torch intra-op threads (process-wide; restored afterwards). None: unchanged."""
+    if not n:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    if old != n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------------------ training store
+def write_training_store(fields: xr.Dataset, variables: Sequence[str], url: str, n_harmonics: int = 0,
+                         attrs: Mapping[str, Any] | None = None,
+                         storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fit the climatology of ``fields`` (physical units, time/lat/lon) and write the standardised anomalies
+    (root, float32, ~1 year per chunk) and the climatology coefficients (group ``climatology``) to a Zarr store.
+
+    Replaces whatever is at ``url`` (the training store is derived data). ``attrs`` go into the root attributes
+    (e.g. the ingest key). Returns ``{"url", "days", "start", "end"}``.
+    """
+    from .fields import check_variables
+    from .grid import normalize_grid
+    from .normalization import fit_climatology, to_anomalies
+
+    fields = normalize_grid(fields)
+    check_variables(fields, variables)
+    if fields.sizes.get("time", 0) < 2:
+        raise ValueError(f"training fields need at least 2 days, got {fields.sizes.get('time', 0)}")
+    clim = fit_climatology(fields, variables, n_harmonics=n_harmonics)
+    anoms = to_anomalies(fields[list(variables)], clim, variables)
+    anoms = xr.Dataset({v: anoms[v].astype(np.float32) for v in variables})
+    for v in variables:
+        anoms[v].attrs["physical_units"] = fields[v].attrs.get("units", "")
+    anoms.attrs = {f"latentda:{k}" if not k.startswith("latentda:") else k: (
+        v if isinstance(v, (str, int, float)) else json.dumps(v, sort_keys=True, default=str))
+        for k, v in (attrs or {}).items()}
+    nt = anoms.sizes["time"]
+    enc = {v: {"chunks": (min(nt, 366), *anoms[v].shape[1:])} for v in variables}
+    enc["time"] = dict(TIME_ENCODING)
+    anoms.to_zarr(_store(url, storage_options), mode="w", zarr_format=3, consolidated=False, encoding=enc)
+    clim.to_zarr(_store(url, storage_options), group="climatology", mode="w", zarr_format=3, consolidated=False)
+    t = pd.DatetimeIndex(anoms["time"].values)
+    return {"url": url, "days": int(nt), "start": str(t[0].date()), "end": str(t[-1].date())}
+
+
+def open_training_store(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[xr.Dataset, xr.Dataset]:
+    """``(anomalies, climatology)`` of a training store written by :func:`write_training_store` (loaded)."""
+    if not _exists(url, storage_options):
+        raise FileNotFoundError(f"no training store at {_show(url)}; run the ingest step first")
+    anoms = xr.open_zarr(_store(url, storage_options, read_only=True), consolidated=False, chunks=None,
+                         zarr_format=3).load()
+    clim = xr.open_zarr(_store(url, storage_options, read_only=True), group="climatology", consolidated=False,
+                        chunks=None, zarr_format=3).load()
+    return anoms, clim
+
+
+def training_fields(url: str, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """The training fields in physical units (anomalies x std + mean), CF attributes restored."""
+    from .normalization import from_anomalies
+
+    anoms, clim = open_training_store(url, storage_options)
+    phys = from_anomalies(anoms, clim)
+    return xr.Dataset({v: phys[v].astype(np.float32) for v in clim.attrs["variables"]}, attrs=dict(anoms.attrs))

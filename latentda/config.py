@@ -1,0 +1,425 @@
+"""Run configuration: one YAML file, validated by pydantic models (unknown keys and impossible values refused).
+
+A run config names everything a production run needs::
+
+    name: demo
+    workdir: ../out/demo                   # training store, prior checkpoint, quicklooks (default archive)
+    variables: [air_temperature, ...]
+    catalog: {path: ../catalogs/demo.yaml, fields: heldsuarez_daily, observations: pseudo_obs_clustered,
+              truth: heldsuarez_daily}
+    train: {start: 2000-01-01, end: 2004-12-31}
+    prior: {latent_dim: 32, epochs: 20, max_minutes: 4, ...}   # fields of latentda.PriorConfig
+    assimilation: {members: 16, seed: 0, block_days: null, options: {}}
+    archive: {url: ..., storage_options: {}, keep_members: false, chunks: {time: 1},
+              start: 2005-01-01, end: 2005-12-31, name: reanalysis, catalog: ../catalogs/reanalysis.yaml}
+    backfill: {start: 2005-01-01, end: 2005-01-31}   # default range of `latentda backfill` / `demo`
+    cluster: {profile: local, n_workers: 2, threads_per_worker: 1, address: null, gpu: auto, options: {}}
+    evaluation: {holdout_fraction: 0.0, quicklook_variable: null}
+
+Relative paths (catalog path, workdir, prior path, a local archive url, the output catalog) are resolved against
+the folder of the config file. :func:`config_hash` is the sha256 of the canonical JSON of the config as written
+(secrets in ``storage_options`` removed; ``cluster`` and ``backfill`` left out since they do not change a
+single byte of the output); it goes into the archive provenance and the task cache keys.
+
+Only pydantic, yaml and the standard library: no orchestration import.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
+
+from .storage import is_remote, is_sensitive_key
+
+__all__ = ["RunConfig", "ConfigError", "load_config", "config_from_dict", "config_hash", "redact_storage_options",
+           "CatalogConfig", "PriorSettings", "AssimilationConfig", "ArchiveConfig", "ClusterConfig",
+           "EvaluationConfig", "Period", "deep_merge"]
+
+#: Sections left out of the config hash: they choose where/how fast a run goes, not what it writes.
+HASH_EXCLUDE = ("cluster", "backfill")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message names each bad key and what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Period(_Strict):
+    """An inclusive date range (days)."""
+
+    start: _dt.date
+    end: _dt.date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Period":
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        return self
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+
+class CatalogConfig(_Strict):
+    """Input catalog (Intake v1 YAML) and the entry names the run reads (fields only through the catalog)."""
+
+    path: str = "catalogs/demo.yaml"
+    fields: str = Field("heldsuarez_daily", min_length=1, description="gridded training fields")
+    observations: str | None = Field("pseudo_obs_clustered", description="observation table entry")
+    truth: str | None = Field(None, description="gridded truth for evaluation (None: no gridded truth)")
+
+
+class TrainConfig(_Strict):
+    """Training period; None takes the ``train_period`` metadata of the fields entry."""
+
+    start: _dt.date | None = None
+    end: _dt.date | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TrainConfig":
+        if (self.start is None) != (self.end is None):
+            raise ValueError("give both train.start and train.end, or neither (catalog metadata train_period)")
+        if self.start is not None and self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        return self
+
+
+class PriorSettings(_Strict):
+    """Where the prior checkpoint lives and the :class:`latentda.PriorConfig` fields (None: its default)."""
+
+    path: str | None = Field(None, description="checkpoint path or URL; default <workdir>/prior.pt")
+    latent_dim: int | None = Field(None, gt=0)
+    epochs: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    learning_rate: float | None = Field(None, gt=0)
+    patience: int | None = Field(None, ge=1)
+    val_fraction: float | None = Field(None, gt=0, lt=1)
+    seed: int | None = Field(None, ge=0)
+    device: str = "auto"
+    n_harmonics: int | None = Field(None, ge=0)
+    max_minutes: float | None = Field(None, gt=0)
+    base_channels: int | None = Field(None, ge=1)
+    beta: float | None = Field(None, ge=0)
+    kl_warmup_epochs: int | None = Field(None, ge=0)
+    n_down: int | None = Field(None, ge=1, le=6)
+    val_block_days: int | None = Field(None, ge=1)
+    weight_decay: float | None = Field(None, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        ok = v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())
+        if not ok:
+            raise ValueError(f"device {v!r} unknown; use auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    def prior_config(self) -> dict[str, Any]:
+        """The keyword arguments for :class:`latentda.PriorConfig` (unset ones left to its defaults)."""
+        return {k: v for k, v in self.model_dump().items() if k != "path" and v is not None}
+
+
+class AssimilationConfig(_Strict):
+    """Ensemble size, base seed (each day derives its own), days per Dask task, options for latentda.assimilate."""
+
+    members: int = Field(32, ge=2)
+    seed: int = Field(0, ge=0)
+    block_days: int | None = Field(None, ge=1, description="days per task; None: about 2 blocks per worker")
+    threads: int = Field(1, ge=1, description="torch threads per assimilation; the bytes depend on it: keep fixed")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ArchiveChunks(_Strict):
+    """Archive chunking. One day per chunk along time (whole grid per chunk): region writes cover whole chunks."""
+
+    time: int = 1
+
+    @field_validator("time")
+    @classmethod
+    def _one_day(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError(f"time chunk {v} is not allowed: it must be 1 (one day), so that concurrent "
+                             "per-day region writes cover whole chunks and cannot lose data")
+        return v
+
+
+class ArchiveConfig(_Strict):
+    """The reanalysis Zarr archive: where, its pre-sized period, members kept, and its output catalog entry."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    url: str | None = Field(None, description="local path or fsspec URL; default <workdir>/reanalysis.zarr")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    keep_members: bool | int = Field(False, alias="members_to_keep",
+                                     description="false, true (all members) or how many members to store")
+    chunks: ArchiveChunks = Field(default_factory=ArchiveChunks)
+    start: _dt.date
+    end: _dt.date
+    name: str = Field("reanalysis", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    catalog: str | None = Field(None, description="output Intake catalog; default ./catalogs/reanalysis.yaml")
+
+    @field_validator("keep_members")
+    @classmethod
+    def _keep(cls, v: bool | int) -> bool | int:
+        if not isinstance(v, bool) and v < 0:
+            raise ValueError(f"keep_members {v} must be false, true or a member count >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ArchiveConfig":
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        return self
+
+    @property
+    def period(self) -> Period:
+        return Period(start=self.start, end=self.end)
+
+
+class ClusterConfig(_Strict):
+    """Dask cluster: ``profile`` picks the kind (``local``, ``address``; more in flows/runners.py)."""
+
+    profile: str = Field("local", min_length=1)
+    n_workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    address: str | None = None
+    gpu: Literal["auto"] | bool = "auto"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _address(self) -> "ClusterConfig":
+        if self.profile == "address" and not self.address:
+            raise ValueError("profile 'address' needs cluster.address (e.g. tcp://scheduler:8786)")
+        return self
+
+
+class EvaluationConfig(_Strict):
+    """Evaluation: held-out stations (a fraction of station ids never assimilated) and the quicklook variable."""
+
+    holdout_fraction: float = Field(0.0, ge=0, lt=1)
+    quicklook_variable: str | None = None
+
+
+class RunConfig(_Strict):
+    """The whole run configuration (see the module docstring)."""
+
+    name: str = Field("latentda", min_length=1)
+    workdir: str = "out"
+    variables: list[str] = Field(min_length=1)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    prior: PriorSettings = Field(default_factory=PriorSettings)
+    assimilation: AssimilationConfig = Field(default_factory=AssimilationConfig)
+    archive: ArchiveConfig
+    backfill: Period | None = None
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    _hash: str | None = PrivateAttr(default=None)
+    _source: str | None = PrivateAttr(default=None)
+
+    @field_validator("variables")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"variable(s) {dup} listed more than once")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        km = self.archive.keep_members
+        if not isinstance(km, bool) and km > self.assimilation.members:
+            raise ValueError(f"archive.keep_members={km} exceeds assimilation.members={self.assimilation.members}")
+        if self.backfill is not None:
+            a = self.archive
+            if self.backfill.start < a.start or self.backfill.end > a.end:
+                raise ValueError(f"backfill {self.backfill.start}..{self.backfill.end} is outside the archive "
+                                 f"period {a.start}..{a.end} (archive.start/archive.end)")
+        qv = self.evaluation.quicklook_variable
+        if qv is not None and qv not in self.variables:
+            raise ValueError(f"evaluation.quicklook_variable {qv!r} is not one of variables {self.variables}")
+        return self
+
+    # ------------------------------------------------------------------------------------------ derived
+    @property
+    def members_to_keep(self) -> int:
+        km = self.archive.keep_members
+        if isinstance(km, bool):
+            return self.assimilation.members if km else 0
+        return int(km)
+
+    @property
+    def prior_path(self) -> str:
+        return self.prior.path or _join(self.workdir, "prior.pt")
+
+    @property
+    def training_store(self) -> str:
+        return _join(self.workdir, "training.zarr")
+
+    @property
+    def archive_url(self) -> str:
+        return self.archive.url or _join(self.workdir, "reanalysis.zarr")
+
+    @property
+    def output_catalog(self) -> str:
+        return self.archive.catalog or os.path.abspath(os.path.join("catalogs", "reanalysis.yaml"))
+
+    @property
+    def quicklook_variable(self) -> str:
+        return self.evaluation.quicklook_variable or self.variables[0]
+
+    @property
+    def hash(self) -> str:
+        """:func:`config_hash` of the config as written (before path resolution)."""
+        return self._hash or config_hash(self)
+
+    @property
+    def source(self) -> str | None:
+        """The file the config was loaded from (None if built in code)."""
+        return self._source
+
+    def backfill_period(self) -> Period:
+        return self.backfill or self.archive.period
+
+    def resolved(self, base_dir: str | os.PathLike) -> "RunConfig":
+        """A copy with relative local paths made absolute against ``base_dir`` (URLs left alone)."""
+        base = Path(base_dir).resolve()
+
+        def res(p: str | None) -> str | None:
+            if p is None or is_remote(p) or "://" in p:
+                return p
+            return str((base / os.path.expanduser(p)).resolve())
+
+        data = self.model_dump(by_alias=False)
+        data["workdir"] = res(self.workdir)
+        data["catalog"]["path"] = res(self.catalog.path)
+        data["prior"]["path"] = res(self.prior.path)
+        data["archive"]["url"] = res(self.archive.url)
+        data["archive"]["catalog"] = res(self.archive.catalog)
+        out = type(self).model_validate(data)
+        out._hash = self.hash
+        out._source = self._source
+        return out
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a JSON-able dict with secrets removed (safe for logs, artifacts and provenance)."""
+        d = self.model_dump(mode="json")
+        d["archive"]["storage_options"] = redact_storage_options(self.archive.storage_options)
+        return d
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name if is_remote(base) else os.path.join(base, name)
+
+
+def redact_storage_options(opts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``opts`` without the keys that hold secrets (key, secret, token, password, ...; nested too)."""
+    out: dict[str, Any] = {}
+    for k, v in (opts or {}).items():
+        if is_sensitive_key(k):
+            continue
+        out[k] = redact_storage_options(v) if isinstance(v, Mapping) else copy.deepcopy(v)
+    return out
+
+
+def config_hash(cfg: RunConfig | Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no whitespace) of the config without secrets and without
+    the sections in :data:`HASH_EXCLUDE`."""
+    d = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else json.loads(json.dumps(cfg, default=str))
+    d = {k: v for k, v in d.items() if k not in HASH_EXCLUDE}
+    if isinstance(d.get("archive"), dict):
+        d["archive"] = dict(d["archive"])
+        d["archive"]["storage_options"] = redact_storage_options(d["archive"].get("storage_options"))
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``base`` with ``update`` merged in recursively (``update`` wins; None values in ``update`` are skipped)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in (update or {}).items():
+        if v is None:
+            continue
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _format_errors(err: ValidationError, where: str, raw: Mapping[str, Any]) -> str:
+    lines = [f"{where}: invalid run configuration ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = e["loc"][:-1]
+            model: Any = RunConfig
+            for p in parent:
+                field = model.model_fields.get(str(p)) if isinstance(model, type) else None
+                ann = getattr(field, "annotation", None)
+                model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                              and issubclass(a, BaseModel)), None)
+                if model is None:
+                    break
+            allowed = sorted(model.model_fields) if model is not None else []
+            lines.append(f"  {loc}: unknown key" + (f"; allowed keys here: {', '.join(allowed)}" if allowed else ""))
+        elif e["type"] == "missing":
+            lines.append(f"  {loc}: required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            inp = e.get("input")
+            shown = "" if isinstance(inp, (dict, list)) else f" (got {inp!r})"
+            lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: Mapping[str, Any], base_dir: str | os.PathLike | None = None,
+                     where: str = "run config", source: str | None = None) -> RunConfig:
+    """Validate ``data``; resolve relative paths against ``base_dir`` (default: the current directory).
+
+    Raises :class:`ConfigError` naming every bad key.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: the top level must be a mapping of keys, got {type(data).__name__}")
+    try:
+        cfg = RunConfig.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, where, data)) from None
+    h = config_hash(cfg)
+    out = cfg.resolved(base_dir if base_dir is not None else os.getcwd())
+    out._hash = h
+    out._source = source
+    return out
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config (``yaml.safe_load``), merge ``overrides`` (nested dict), validate, resolve paths.
+
+    Raises FileNotFoundError for a missing file and :class:`ConfigError` for bad content (naming the key).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"run config {str(p)!r} does not exist; pass --config PATH "
+                                "(the demo's is deploy/demo.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
+    data = deep_merge(data, overrides)
+    return config_from_dict(data, base_dir=p.resolve().parent, where=str(p), source=str(p.resolve()))

@@ -1,0 +1,126 @@
+"""Archive tasks: init (create or check), missing days, validate, register in the output catalog.
+
+Also the pieces every task module shares: the cache policy whose key sees the latentda version and git sha
+(Prefect's default key does not see code inside latentda), the retry condition (retry I/O errors, not bad
+input), and a per-process cache of loaded priors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from typing import Any, Mapping
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
+from prefect.utilities.hashing import hash_objects
+
+import latentda
+from latentda import archive as lib
+from latentda import storage
+
+from . import catalog as catalog_io
+
+
+# -------------------------------------------------------------------------------------------- shared pieces
+@dataclasses.dataclass
+class LatentdaVersion(CachePolicy):
+    """Cache-key component: the latentda package version and the git commit of the checkout."""
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
+        return hash_objects(latentda.__version__, lib.git_sha())
+
+
+#: Cache policy of the cached tasks (ingest, train): inputs (which include the config hash) + task source +
+#: latentda version/commit.
+CACHE_POLICY = INPUTS + TASK_SOURCE + LatentdaVersion()
+
+IO_ERRORS = (OSError, TimeoutError, ConnectionError)
+
+
+def retry_on_io(task, task_run, state) -> bool:
+    """Retry condition: retry only when the task failed with an I/O error (network, file system, object store)."""
+    try:
+        state.result()
+    except IO_ERRORS:
+        return True
+    except BaseException:  # noqa: BLE001 - bad input or a bug: retrying would not help
+        return False
+    return False
+
+
+_PRIORS: dict[tuple, Any] = {}
+_PRIOR_LOCK = threading.Lock()
+
+
+def load_prior_cached(path: str, device: str = "cpu", storage_options: Mapping[str, Any] | None = None):
+    """``latentda.load_prior`` once per worker process and checkpoint version (path + size + mtime)."""
+    try:
+        fs, p = storage.filesystem(path, storage_options)
+        info = fs.info(p)
+        stamp = (info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag")))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no prior checkpoint at {storage.redact(path)!r}; train one first "
+                                "(`latentda train --config ...`)") from None
+    key = (path, device, stamp)
+    with _PRIOR_LOCK:
+        if key not in _PRIORS:
+            if len(_PRIORS) >= 2:
+                _PRIORS.pop(next(iter(_PRIORS)))
+            _PRIORS[key] = latentda.load_prior(path, device=device, storage_options=dict(storage_options or {})
+                                               or None)
+        return _PRIORS[key]
+
+
+def spec_from(prior, start: str, end: str, members: int, members_to_keep: int, variables) -> lib.ArchiveSpec:
+    return lib.archive_spec(prior, start, end, members, members_to_keep, variables)
+
+
+# ---------------------------------------------------------------------------------------------------- tasks
+@task(name="init-archive", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
+def init_archive(url: str, storage_options: dict, prior_path: str, start: str, end: str, members: int,
+                 members_to_keep: int, variables: list[str], provenance: dict) -> str:
+    """Create the pre-sized archive (metadata only) or check an existing one against the config.
+
+    Returns ``"created"`` or ``"exists"``; a mismatching store raises ArchiveMismatchError (never overwritten).
+    """
+    prior = load_prior_cached(prior_path, "cpu")
+    spec = spec_from(prior, start, end, members, members_to_keep, variables)
+    prov = dict(provenance)
+    prov.setdefault("model_checksum", prior.checksum())
+    status = lib.create_archive(url, spec, provenance=prov, storage_options=storage_options)
+    log = get_run_logger()
+    log.info("archive %s: %s (%s..%s, %d days)", storage.redact(url), status, start, end, len(spec.times))
+    if status == "exists":
+        made_with = lib.open_archive(url, storage_options).attrs.get("latentda:model_checksum")
+        if made_with and made_with != prov["model_checksum"]:
+            log.warning("the archive was created with prior %s; days written now use prior %s (each day records "
+                        "its prior in model_sha256)", made_with[:12], prov["model_checksum"][:12])
+    return status
+
+
+@task(name="missing-days", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
+def missing_days(url: str, storage_options: dict, start: str, end: str) -> list[str]:
+    """ISO dates of ``start..end`` whose done flag is not set in the archive."""
+    return [str(d.date()) for d in lib.missing_days(url, start, end, storage_options)]
+
+
+@task(name="validate-archive", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
+def validate_archive(url: str, storage_options: dict, start: str | None = None, end: str | None = None) -> dict:
+    """Every done day has finite fields and provenance; returns the report (raises ArchiveError if not)."""
+    return lib.validate_archive(url, storage_options, start=start, end=end)
+
+
+@task(name="register-archive", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
+def register_archive(catalog_path: str, name: str, url: str, storage_options: dict, description: str,
+                     metadata: dict) -> str:
+    """Add or replace entry ``name`` (driver zarr, storage options without secrets) in the output catalog."""
+    return catalog_io.register_zarr_source(catalog_path, name, url, storage_options=storage_options,
+                                           description=description, metadata=metadata)
+
+
+def archive_exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether something exists at ``url`` (plain helper for flows)."""
+    if not storage.is_remote(url):
+        return os.path.exists(url)
+    return storage.exists(url, storage_options or None)

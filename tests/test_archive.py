@@ -1,0 +1,212 @@
+"""The Zarr archive (latentda.archive): pre-sized template, one-day region writes, done flags written last,
+identical bytes on rerun, refusal of mismatching stores, provenance, output catalog, evaluation and quicklook."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from latentda import archive as lib
+from latentda.grid import Grid
+
+OPTS = {"max_iter": 25}
+MEMBERS = 4
+
+
+def _zarr_json_bytes(url: str) -> dict[str, bytes]:
+    out = {}
+    for root, _, files in os.walk(url):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, url)] = Path(p).read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, tiny_prior_path, world):
+    """An archive of 2005-01-01..10 with days 02..04 written by the library loop (2 members kept)."""
+    _, prior = tiny_prior_path
+    url = str(tmp_path_factory.mktemp("arch") / "a.zarr")
+    spec = lib.archive_spec(prior, "2005-01-01", "2005-01-10", members=MEMBERS, members_to_keep=2)
+    assert lib.create_archive(url, spec, {"config_hash": "c" * 64, "model_checksum": prior.checksum(),
+                                          "catalog": {"fields": "fields"}}) == "created"
+    days = ["2005-01-02", "2005-01-03", "2005-01-04"]
+    out = lib.assimilate_days(prior, world.obs, days, url, members=MEMBERS, seed=0, members_to_keep=2,
+                              options=OPTS, config_hash="c" * 64)
+    assert out == days
+    return url, spec, prior
+
+
+def test_template_is_presized_one_day_chunks_with_cf_and_provenance(written):
+    url, spec, prior = written
+    ds = lib.open_archive(url)
+    assert ds.sizes["time"] == 10 and ds.sizes["member"] == 2
+    assert str(ds.time.values[0])[:10] == "2005-01-01" and str(ds.time.values[-1])[:10] == "2005-01-10"
+    for name, var in ds.data_vars.items():
+        assert "time" in var.dims
+        assert var.encoding["chunks"][var.dims.index("time")] == 1, name
+        for d in ("lat", "lon", "member", lib.HASH_DIM):
+            if d in var.dims:
+                assert var.encoding["chunks"][var.dims.index(d)] == ds.sizes[d], (name, d)
+    v = spec.variables[0]
+    assert ds[v].attrs["units"] and ds[v].attrs["standard_name"] == prior.var_attrs[v]["standard_name"]
+    assert "units" in ds[f"{v}_spread"].attrs and ds.lat.attrs["units"] == "degrees_north"
+    a = ds.attrs
+    for key in ("latentda:version", "latentda:git_sha", "latentda:model_checksum", "latentda:config_hash",
+                "latentda:created", "latentda:catalog", "latentda:members"):
+        assert key in a, key
+    assert a["latentda:model_checksum"] == prior.checksum()
+    assert json.loads(a["latentda:catalog"]) == {"fields": "fields"}
+    # undone days: no chunk of data written (metadata-only template), fill values read back
+    assert not os.path.exists(os.path.join(url, v, "c", "0", "0", "0"))
+    assert np.isnan(ds[v].isel(time=0).values).all() and int(ds[lib.DONE].isel(time=0)) == 0
+
+
+def test_written_days_done_with_per_day_provenance(written, world):
+    url, spec, prior = written
+    ds = lib.open_archive(url)
+    done = ds[lib.DONE].values
+    assert list(done) == [0, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert lib.missing_days(url, "2005-01-01", "2005-01-05") == [pd.Timestamp("2005-01-01"),
+                                                                  pd.Timestamp("2005-01-05")]
+    assert lib.hexdigest(ds.model_sha256.values[1]) == prior.checksum()
+    assert lib.hexdigest(ds.config_sha256.values[1]) == "c" * 64
+    obs_day = lib.observations_for_day(world.obs, "2005-01-02")
+    assert lib.hexdigest(ds.obs_sha256.values[1]) == lib.table_hash(obs_day)
+    assert lib.hexdigest(ds.model_sha256.values[0]) == ""
+    assert (ds.obs_used.values[1:4] > 0).all()
+    assert np.isfinite(ds[spec.variables[0]].values[1:4]).all()
+    rep = lib.validate_archive(url, spec=spec)
+    assert rep["done"] == 3 and rep["missing"] == 7 and rep["problems"] == []
+
+
+def test_rerun_rewrites_identical_bytes_and_crash_before_flag_leaves_day_not_done(written, world, monkeypatch):
+    url, spec, prior = written
+    before = _zarr_json_bytes(url)
+    lib.assimilate_days(prior, world.obs, ["2005-01-03"], url, members=MEMBERS, seed=0, members_to_keep=2,
+                        options=OPTS, config_hash="c" * 64)
+    assert _zarr_json_bytes(url) == before  # every file, metadata and chunks, byte for byte
+
+    # a crash after the data and before the done flag: the day stays "not done"
+    def crash(*a, **k):
+        raise KeyboardInterrupt("killed before the done flag")
+
+    monkeypatch.setattr(lib, "_write_done", crash)
+    with pytest.raises(KeyboardInterrupt):
+        lib.assimilate_days(prior, world.obs, ["2005-01-05"], url, members=MEMBERS, seed=0, members_to_keep=2,
+                            options=OPTS, config_hash="c" * 64)
+    monkeypatch.undo()
+    assert pd.Timestamp("2005-01-05") in lib.missing_days(url, "2005-01-01", "2005-01-10")
+    lib.validate_archive(url)  # a not-done day with data is fine
+    # resume: skip_done leaves done days alone and completes the missing one
+    w = lib.assimilate_days(prior, world.obs, ["2005-01-04", "2005-01-05"], url, members=MEMBERS, seed=0,
+                            members_to_keep=2, options=OPTS, config_hash="c" * 64, skip_done=True)
+    assert w == ["2005-01-05"]
+    assert lib.missing_days(url, "2005-01-05", "2005-01-05") == []
+
+
+def test_done_flag_without_data_fails_validation(tmp_path, tiny_prior_path):
+    _, prior = tiny_prior_path
+    url = str(tmp_path / "a.zarr")
+    lib.create_archive(url, lib.archive_spec(prior, "2005-01-01", "2005-01-03", members=MEMBERS))
+    lib._write_done(url, None, 1)  # what a write order bug would leave behind
+    with pytest.raises(lib.ArchiveError, match="non-finite values on done day"):
+        lib.validate_archive(url)
+
+
+def test_mismatched_store_refused_and_untouched(written, tmp_path):
+    url, spec, prior = written
+    before = _zarr_json_bytes(url)
+    g = spec.grid
+    cases = {
+        "grid": lib.ArchiveSpec(spec.variables, Grid.regular(8, 16), spec.start, spec.end, MEMBERS, 2),
+        "variables": lib.ArchiveSpec(spec.variables[:1], g, spec.start, spec.end, MEMBERS, 2),
+        "period": lib.ArchiveSpec(spec.variables, g, spec.start, "2005-01-31", MEMBERS, 2),
+        "members": lib.ArchiveSpec(spec.variables, g, spec.start, spec.end, 8, 2),
+        "members kept": lib.ArchiveSpec(spec.variables, g, spec.start, spec.end, MEMBERS, 0),
+    }
+    for what, other in cases.items():
+        with pytest.raises(lib.ArchiveMismatchError, match=rf"(?s)does not match.*{what}:.*left untouched"):
+            lib.create_archive(url, other, {"config_hash": "d" * 64})
+    assert lib.create_archive(url, spec) == "exists"
+    assert _zarr_json_bytes(url) == before
+    # something that is not an archive is refused too, and kept
+    junk = tmp_path / "junk.zarr"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("mine")
+    with pytest.raises(lib.ArchiveMismatchError, match="not a readable Zarr archive"):
+        lib.create_archive(str(junk), spec)
+    assert (junk / "notes.txt").read_text() == "mine"
+
+
+def test_write_outside_period_and_wrong_grid_refused(written, tiny_prior_path):
+    url, spec, prior = written
+    from latentda.testing import synthetic_fields
+
+    fields = synthetic_fields(ntime=1, variables=spec.variables, start="2005-02-01")
+    ana = xr.Dataset({v: fields[v] for v in spec.variables} | {f"{v}_spread": fields[v] for v in spec.variables})
+    with pytest.raises(lib.ArchiveError, match="outside the archive period"):
+        lib.write_day(url, ana)
+    small = synthetic_fields(ntime=1, nlat=8, nlon=16, variables=spec.variables, start="2005-01-06")
+    ana = xr.Dataset({v: small[v] for v in spec.variables} | {f"{v}_spread": small[v] for v in spec.variables})
+    with pytest.raises(lib.ArchiveError, match="grid"):
+        lib.write_day(url, ana)
+
+
+def test_provenance_refuses_credentials(tmp_path, tiny_prior_path):
+    _, prior = tiny_prior_path
+    spec = lib.archive_spec(prior, "2005-01-01", "2005-01-02", members=MEMBERS)
+    with pytest.raises(ValueError, match="credentials"):
+        lib.create_archive(str(tmp_path / "a.zarr"), spec, {"storage_options": {"secret": "x"}})
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_output_catalog_opens_archive_lazily_with_intake(written, tmp_path):
+    import intake
+    import dask.array as dsa
+    from tasks.catalog import register_zarr_source
+
+    url, spec, _ = written
+    cat_path = tmp_path / "cats" / "reanalysis.yaml"
+    register_zarr_source(cat_path, "rean", url, storage_options={}, description="test", metadata={"x": 1})
+    # a second entry with secrets in its storage options: written without them
+    register_zarr_source(cat_path, "remote", "s3://bucket/r.zarr",
+                         storage_options={"endpoint_url": "http://127.0.0.1:1", "key": "AKIA-LEAK",
+                                          "secret": "SHOULD-NOT-LEAK"})
+    text = cat_path.read_text()
+    assert "SHOULD-NOT-LEAK" not in text and "AKIA-LEAK" not in text and "endpoint_url" in text
+    cat = intake.open_catalog(str(cat_path))
+    assert {"rean", "remote"} <= set(cat)
+    ds = cat["rean"].to_dask()
+    v = spec.variables[0]
+    assert isinstance(ds[v].data, dsa.Array)  # lazy
+    assert ds[v].data.chunksize[0] == 1
+    ref = lib.open_archive(url)
+    np.testing.assert_array_equal(ds[v].isel(time=slice(1, 4)).values, ref[v].isel(time=slice(1, 4)).values)
+
+
+def test_evaluation_and_quicklook(written, world, tmp_path):
+    from latentda import evaluation as ev
+    from latentda.quicklook import quicklook
+    from latentda.normalization import fit_climatology
+
+    url, spec, _ = written
+    ds = lib.open_archive(url).isel(time=[1, 2, 3]).load()
+    clim = fit_climatology(world.fields.sel(time=slice("2004-01-01", "2004-12-31")), spec.variables, 0)
+    table = ev.skill_vs_truth(ds, world.fields, spec.variables, climatology=clim, members=MEMBERS)
+    assert set(table.index) == set(spec.variables)
+    assert (table["rmse"] > 0).all() and (table["rmse_clim"] > 0).all() and table["days"].eq(3).all()
+    assert "| variable |" in ev.markdown_table(table)
+    held = ev.heldout_stations(world.obs["station_id"].unique(), 0.3, seed=0)
+    assert 0 < len(held) < world.obs["station_id"].nunique()
+    assert held == ev.heldout_stations(world.obs["station_id"].unique(), 0.3, seed=0)
+    st = ev.skill_vs_stations(ds, world.obs[world.obs.station_id.isin(held)], spec.variables)
+    assert (st["n"] > 0).all() and (st["rms"] > 0).all()
+    png = quicklook(ds.isel(time=[0]), spec.variables[0], tmp_path / "q.png",
+                    observations=lib.observations_for_day(world.obs, "2005-01-02"), truth=world.fields)
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
