@@ -26,7 +26,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 DEFAULT_CONFIG = "deploy/demo.yaml"
-PASS_THROUGH = {"simulate": ("latentda.sim.heldsuarez", "main"), "make-obs": ("latentda.sim.stations", "main")}
+PASS_THROUGH = {"simulate": ("latentda.sim.heldsuarez", "main"), "make-obs": ("latentda.sim.stations", "main"),
+                "serve": ("flows.serve", "main")}
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any] | None:
