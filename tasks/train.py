@@ -1,7 +1,6 @@
 """Train task: fit the VAE prior on the training store and save the checkpoint (runs on a GPU worker if any)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
@@ -24,22 +23,6 @@ def _read_sidecar(path: str, storage_options: dict | None) -> dict | None:
             return json.loads(f.read())
     except (FileNotFoundError, ValueError):
         return None
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Use ``n`` torch intra-op threads inside the block (Dask nannies start workers with 1)."""
-    if not n:
-        yield
-        return
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @task(name="train-prior", cache_policy=CACHE_POLICY, persist_result=True, retries=1, retry_delay_seconds=5,
@@ -67,7 +50,7 @@ def train_prior(training_url: str, training_key: str, prior_config: dict, variab
             pass
     fields = lib.training_fields(training_url, storage_options)
     log.info("training the prior on %d days of %s (config %s)", fields.sizes["time"], variables, prior_config)
-    with torch_threads(threads):
+    with lib.torch_threads(threads):
         prior = latentda.train_prior(fields, config=dict(prior_config), variables=list(variables),
                                      progress=progress)
     if not storage.is_remote(out_path):
