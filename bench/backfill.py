@@ -30,8 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+_TEMP_HOME = None
 if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
-    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="latentda-bench-prefect-")
+    _TEMP_HOME = os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="latentda-bench-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"archives identical to the library loop's: {same}")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
+        if _TEMP_HOME:
+            shutil.rmtree(_TEMP_HOME, ignore_errors=True)
     return 0 if same else 1
 
 
