@@ -1,6 +1,7 @@
 """Tests of latent data assimilation (latentda.da) and observation QC (latentda.obs.qc)."""
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -16,6 +17,7 @@ from latentda.da.ensemble import GaussianSmoother, RepresentationError
 from latentda.da.solver import minimize_batched
 from latentda.grid import Grid
 from latentda.obs.operator import PointOperator
+from latentda.prior import residual_modes
 from latentda.testing import synthetic_fields, synthetic_observations, tiny_prior
 
 #: Held-out truth: days 400.. of the synthetic series whose first 400 days trained ``tiny_prior``.
@@ -139,21 +141,36 @@ def test_cost_value_is_the_documented_formula(prior, fields):
         np.testing.assert_allclose(cost(z).numpy(), expected, rtol=1e-5)
 
 
-def test_representation_increment_is_the_gaussian_conditional_mean():
-    """D S Gᵀ R⁻¹ r equals B Hᵀ (H B Hᵀ + R_o)⁻¹ r with B = D S Sᵀ D built densely (and G Gᵀ = H B Hᵀ)."""
+@pytest.mark.parametrize("n_modes", [0, 3])
+def test_representation_increment_is_the_gaussian_conditional_mean(n_modes):
+    """D S Gᵀ R⁻¹ r (+ M (H M)ᵀ R⁻¹ r with residual modes) equals B Hᵀ (H B Hᵀ + R_o)⁻¹ r with
+    B = D S Sᵀ D + M Mᵀ built densely (and G Gᵀ = H B Hᵀ, diag = variance_at_observations)."""
     grid = Grid.regular(8, 16)
     g = torch.Generator().manual_seed(2)
     amp = 0.5 + torch.rand(2, 8, 16, generator=g)
-    rep = RepresentationError(grid, amp, 3000.0)
+    modes = torch.randn(n_modes, 2, 8, 16, generator=g) if n_modes else None
+    rep = RepresentationError(grid, amp, 3000.0, modes=modes)
+    assert rep.n_modes == n_modes
     rng = np.random.default_rng(0)
     n = 9
     op = PointOperator(grid, rng.uniform(-89, 89, n), rng.uniform(0, 360, n), rng.integers(0, 2, n), nchannels=2)
     npts = 2 * 8 * 16
-    Sd = rep.sample(torch.eye(npts).reshape(npts, 2, 8, 16)).reshape(npts, npts).double()  # rows: D S e_k
+    zero_m = torch.zeros(npts, n_modes) if n_modes else None
+    Sd = rep.sample(torch.eye(npts).reshape(npts, 2, 8, 16), zero_m).reshape(npts, npts).double()  # rows: D S e_k
     B = Sd.T @ Sd  # Cov(eta) = (D S)(D S)ᵀ
+    if n_modes:
+        Md = modes.reshape(n_modes, npts).double()
+        B = B + Md.T @ Md
+        # the modes part of a sample is sum_k w_k M_k
+        w = torch.randn(1, n_modes, generator=g)
+        only_modes = rep.sample(torch.zeros(1, 2, 8, 16), w)
+        torch.testing.assert_close(only_modes.reshape(1, npts), w @ modes.reshape(n_modes, npts))
+        with pytest.raises(ValueError, match="white_modes"):
+            rep.sample(torch.zeros(1, 2, 8, 16))
     Hm = torch.tensor(op.to_sparse().toarray())
     ob = rep.at_observations(op)
     torch.testing.assert_close(ob.cov, Hm @ B @ Hm.T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rep.variance_at_observations(op), np.diag(ob.cov.numpy()), rtol=1e-5)
     R = ob.cov + torch.eye(n) * 0.3
     r = torch.tensor(rng.standard_normal((1, n)))
     expected = (B @ Hm.T @ torch.linalg.solve(R, r.T)).T.reshape(1, 2, 8, 16)
@@ -300,6 +317,28 @@ def test_deterministic_and_seed_dependent(prior, fields):
     v = prior.variables[0]
     assert not np.array_equal(a[f"{v}_members"].values, c[f"{v}_members"].values)
     assert a.attrs == b.attrs and a.attrs["latentda:prior_checksum"] == prior.checksum()
+
+
+def test_residual_modes_enter_the_analysis(prior, fields):
+    """A prior with residual modes (fitted on its training days) gives a different, deterministic analysis whose
+    attributes name the modes; residual_modes=False gives the isotropic model's analysis bit for bit."""
+    modes, info = residual_modes(prior, prior.anomalies(fields.isel(time=slice(0, HELD_OUT))), 6)
+    assert modes.shape == (6, *prior.shape) and 0 < info["explained_fraction"] < 1
+    pm = copy.copy(prior)  # the cached tiny prior must not be modified
+    pm.recon_modes = modes
+    day, obs = _day(fields, 2), _obs(fields, 2, 20, 3)
+    kw = dict(members=4, seed=1, keep_members=True)
+    a = assimilate(pm, obs, day, **kw)
+    b = assimilate(pm, obs, day, **kw)
+    off = assimilate(pm, obs, day, residual_modes=False, **kw)
+    iso = assimilate(prior, obs, day, **kw)
+    v = prior.variables[0]
+    for k in a.data_vars:
+        np.testing.assert_array_equal(a[k].values, b[k].values, err_msg=k)
+        np.testing.assert_array_equal(off[k].values, iso[k].values, err_msg=k)
+    assert not np.allclose(a[f"{v}_members"].values, iso[f"{v}_members"].values)
+    assert a.attrs["latentda:residual_modes"] == 6 and iso.attrs["latentda:residual_modes"] == 0
+    assert a["fit_after"].item() < a["fit_before"].item()
 
 
 def test_no_usable_observation_returns_prior_and_flags_no_obs(prior, fields):

@@ -14,7 +14,7 @@ import xarray as xr
 
 from latentda.grid import Grid
 from latentda.normalization import climatology_at
-from latentda.prior import ConvVAE, PriorConfig, load_prior, train_prior
+from latentda.prior import ConvVAE, PriorConfig, load_prior, remainder_std, residual_modes, train_prior
 from latentda.prior.vae import choose_n_down, pad_sphere
 from latentda.testing import TINY_PRIOR_CONFIG, synthetic_fields, synthetic_observations, tiny_prior
 
@@ -277,3 +277,48 @@ def test_zonal_symmetry_option():
     assert not np.allclose(p.climatology["air_temperature_var"].values[0], 0)
     q = train_prior(ds, dict(FAST, epochs=1, zonal_symmetry=True), progress=False)
     assert all(torch.equal(v, q.model.state_dict()[k]) for k, v in p.model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------- residual modes
+def test_residual_modes_are_the_residual_second_moment(prior):
+    """All modes together reproduce the residuals' second moment rᵀr / T; fewer modes carry the leading part;
+    the modes' signs are fixed, so the result is reproducible; remainder_std completes the variance."""
+    fields = synthetic_fields(seed=0).isel(time=slice(0, 12))
+    a = prior.anomalies(fields)
+    r = (torch.as_tensor(a, dtype=torch.float32) - prior.reconstruct(torch.as_tensor(a, dtype=torch.float32)))
+    r = r.reshape(12, -1).double().numpy()
+    full, info = residual_modes(prior, a, 50)
+    assert full.shape == (12, *prior.shape) and info == {"n_modes": 12, "n_days": 12, "explained_fraction": 1.0}
+    m = full.reshape(12, -1).astype(np.float64)
+    np.testing.assert_allclose(m.T @ m, r.T @ r / 12, atol=1e-5 * np.abs(r).max() ** 2)
+    lead, info3 = residual_modes(prior, a, 3)
+    np.testing.assert_array_equal(lead, full[:3])
+    assert 0 < info3["explained_fraction"] < 1
+    big = np.abs(m).argmax(axis=1)
+    assert (m[np.arange(12), big] > 0).all()
+    rest = remainder_std(prior.recon_std, lead)
+    np.testing.assert_allclose(rest ** 2, np.clip(prior.recon_std.astype(np.float64) ** 2
+                                                   - (lead.astype(np.float64) ** 2).sum(0), 0, None), rtol=1e-5)
+    np.testing.assert_array_equal(remainder_std(prior.recon_std, None), prior.recon_std)
+    with pytest.raises(ValueError, match="n_modes"):
+        residual_modes(prior, a, 0)
+    with pytest.raises(ValueError, match="anomalies must be"):
+        residual_modes(prior, a[:, :1], 3)
+
+
+def test_training_with_residual_modes_and_checkpoint_round_trip(tmp_path):
+    ds = synthetic_fields(ntime=160, seed=4)
+    p = train_prior(ds, dict(FAST, residual_modes=5), progress=False)
+    assert p.recon_modes.shape == (5, *p.shape) and p.provenance["residual_modes"]["n_modes"] == 5
+    sha = p.save(str(tmp_path / "m.pt"))
+    q = load_prior(str(tmp_path / "m.pt"), device="cpu")
+    np.testing.assert_array_equal(q.recon_modes, p.recon_modes)
+    assert q.checksum() == sha
+    again = train_prior(ds, dict(FAST, residual_modes=5), progress=False)  # deterministic (provenance has times)
+    np.testing.assert_array_equal(again.recon_modes, p.recon_modes)
+    plain = train_prior(ds, FAST, progress=False)
+    assert plain.recon_modes is None and "recon_modes" not in plain.to_checkpoint()
+    with pytest.raises(ValueError, match="recon_modes"):
+        plain.__class__(plain.model, config=plain.config, variables=plain.variables, grid=plain.grid,
+                        climatology=plain.climatology, var_attrs=plain.var_attrs, provenance=plain.provenance,
+                        recon_std=plain.recon_std, recon_modes=np.zeros((2, 1, 3, 3)))

@@ -6,7 +6,7 @@ Every random number of a day comes from ``numpy.random.SeedSequence([seed, day o
 (PCG64, float64 normals cast to float32, generated on the CPU and then moved to the prior's device), so a member's
 draws depend on nothing else: not on the ensemble size, the device or the other members.
 Streams: :data:`STREAM_LATENT` (z_p ~ N(0, I)), :data:`STREAM_REPR` (white grid noise w_p ~ N(0, I)),
-:data:`STREAM_OBS` (observation perturbations eps ~ N(0, R_o)).
+:data:`STREAM_OBS` (observation perturbations eps ~ N(0, R_o)), :data:`STREAM_MODES` (mode weights w_p ~ N(0, I_k)).
 
 Representation error
 --------------------
@@ -16,7 +16,14 @@ The decoder g cannot represent the truth exactly: x_true = g(z) + eta. We model,
 
 with S a normalised Gaussian smoother (diag(S Sᵀ) = 1), so Var(eta) = D² (the decoder's reconstruction error
 variance, in physical units) and Corr(eta_p, eta_q) = (S Sᵀ)_pq ≈ exp(-d_pq² / (2 L²)) for great-circle distance
-d_pq and length scale L; channels are independent. S = A ∘ F: F smooths each latitude row along longitude with a
+d_pq and length scale L; channels are independent.
+
+With residual modes M (k, C, nlat, nlon; :mod:`latentda.prior.residual`, physical units) the model is
+
+    eta = M w_M + D_r ⊙ (S w),   w_M ~ N(0, I_k),   D_r² = max(D² − Σ_k M_k², 0),
+
+so B_eta = M Mᵀ + D_r S Sᵀ D_r: the modes carry the residual's coupled, anisotropic covariance (across channels
+and at long range), the smoother the rest of its variance. S = A ∘ F: F smooths each latitude row along longitude with a
 periodic Gaussian of std ℓ = L/√2 (in km, so wider in grid points towards the poles; applied by FFT), A smooths
 along latitude with a Gaussian of std ℓ; rows are then scaled to unit variance exactly.
 """
@@ -28,13 +35,14 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from ..grid import Grid
 from ..obs.operator import PointOperator
 
 EARTH_RADIUS_KM = 6371.0
-STREAM_LATENT, STREAM_REPR, STREAM_OBS = 0, 1, 2
+STREAM_LATENT, STREAM_REPR, STREAM_OBS, STREAM_MODES = 0, 1, 2, 3
 
 
 def day_ordinal(time) -> int:
@@ -118,26 +126,57 @@ class GaussianSmoother:
 class ObsRepresentation:
     """Representation error seen at the observations: G = H D S per channel.
 
-    ``cov``: Cov(H eta) = G Gᵀ (nobs, nobs) float64 CPU (block-diagonal by channel, in obs order);
-    ``rows``: per channel, the observation indices of that channel; ``gt``: per channel, Gᵀ rows (n_c, nlat*nlon).
+    ``cov``: Cov(H eta) = G Gᵀ (nobs, nobs) float64 CPU (in obs order);
+    ``rows``: per channel, the observation indices of that channel; ``gt``: per channel, Gᵀ rows (n_c, nlat*nlon)
+    of the smoother part; ``hm``: H M (nobs, k) of the residual modes, or None.
     """
 
     cov: torch.Tensor
     rows: dict[int, torch.Tensor]
     gt: dict[int, torch.Tensor]
+    hm: torch.Tensor | None = None
 
 
 class RepresentationError:
-    """eta = D ⊙ S w with D = ``amplitude`` (C, nlat, nlon) physical units; see the module docstring."""
+    """eta = M w_M + D ⊙ S w with D = ``amplitude`` (C, nlat, nlon) and optional residual modes
+    M = ``modes`` ⊙ ``modes_scale`` (modes (k, C, nlat, nlon), scale (C, nlat, nlon), default 1), physical units
+    (``amplitude`` is then the remainder D_r); see the module docstring. ``modes_columns``: optionally the same
+    ``modes`` as a C-contiguous (C·nlat·nlon, k) float32 numpy array (H M is then one sparse product; a cached
+    copy saves transposing k fields every day)."""
 
-    def __init__(self, grid: Grid, amplitude: torch.Tensor, length_scale_km: float) -> None:
+    def __init__(self, grid: Grid, amplitude: torch.Tensor, length_scale_km: float,
+                 modes: torch.Tensor | None = None, modes_scale: torch.Tensor | None = None,
+                 modes_columns: np.ndarray | None = None) -> None:
         self.amplitude = amplitude
         self.smoother = GaussianSmoother(grid, length_scale_km, amplitude.device)
         self.grid = grid
+        if modes is not None and (modes.ndim != 4 or modes.shape[1:] != amplitude.shape):
+            raise ValueError(f"modes must be (k, {', '.join(map(str, amplitude.shape))}), got {tuple(modes.shape)}")
+        self.modes = modes
+        if modes is not None:
+            self.modes_scale = (torch.ones_like(amplitude) if modes_scale is None
+                                else modes_scale.to(amplitude.device, amplitude.dtype))
+            if modes_columns is None:
+                modes_columns = np.ascontiguousarray(modes.reshape(modes.shape[0], -1).T.cpu().numpy())
+            if modes_columns.shape != (amplitude.numel(), modes.shape[0]):
+                raise ValueError(f"modes_columns must be {(amplitude.numel(), modes.shape[0])}, "
+                                 f"got {modes_columns.shape}")
+            self.modes_columns = modes_columns
 
-    def sample(self, white: torch.Tensor) -> torch.Tensor:
-        """eta (B, C, nlat, nlon) from white noise w (B, C, nlat, nlon)."""
-        return self.amplitude * self.smoother.apply(white)
+    @property
+    def n_modes(self) -> int:
+        """k, the number of residual modes (0 without)."""
+        return 0 if self.modes is None else int(self.modes.shape[0])
+
+    def sample(self, white: torch.Tensor, white_modes: torch.Tensor | None = None) -> torch.Tensor:
+        """eta (B, C, nlat, nlon) from white noise w (B, C, nlat, nlon) and, with modes, w_M (B, k)."""
+        eta = self.amplitude * self.smoother.apply(white)
+        if self.modes is not None:
+            if white_modes is None or white_modes.shape != (white.shape[0], self.n_modes):
+                raise ValueError(f"white_modes must be ({white.shape[0]}, {self.n_modes}) with residual modes, got "
+                                 f"{None if white_modes is None else tuple(white_modes.shape)}")
+            eta = eta + torch.einsum("bk,kcij->bcij", white_modes.to(self.modes.dtype), self.modes) * self.modes_scale
+        return eta
 
     def at_observations(self, operator: PointOperator, covariance: bool = True) -> ObsRepresentation:
         """G = H D S for ``operator`` (exact, pole rows included, via ``operator.to_sparse()``).
@@ -162,7 +201,15 @@ class RepresentationError:
                 gd = g.double()
                 cov[ri[:, None], ri[None, :]] = (gd @ gd.T).cpu()
             rows[int(c)], gt[int(c)] = ri.to(dev), g
-        return ObsRepresentation(cov=cov, rows=rows, gt=gt)
+        hm = None
+        if self.modes is not None:
+            # H M = (H diag(scale)) modes (nobs, k): one sparse product with the column copy of the modes
+            hsc = (hs @ sp.diags(self.modes_scale.reshape(-1).double().cpu().numpy())).astype(np.float32)
+            hm = torch.as_tensor(hsc @ self.modes_columns, device=dev)  # float32 x float32: no upcast copy
+            if covariance:
+                hd = hm.double()
+                cov += (hd @ hd.T).cpu()
+        return ObsRepresentation(cov=cov, rows=rows, gt=gt, hm=hm)
 
     def variance_at_observations(self, operator: PointOperator) -> np.ndarray:
         """Var(H eta) = diag(G Gᵀ) at each observation, (nobs,) float64 (squared physical units)."""
@@ -170,13 +217,17 @@ class RepresentationError:
         var = np.zeros(operator.nobs)
         for c, r in rep.rows.items():
             var[r.cpu().numpy()] = (rep.gt[c].double() ** 2).sum(-1).cpu().numpy()
+        if rep.hm is not None:
+            var += (rep.hm.double() ** 2).sum(-1).cpu().numpy()
         return var
 
     def increment(self, rep: ObsRepresentation, weights: torch.Tensor) -> torch.Tensor:
-        """D ⊙ S Gᵀ v for weights v (B, nobs) -> (B, C, nlat, nlon): the eta update for obs weights v."""
+        """B_eta Hᵀ v = M (H M)ᵀ v + D ⊙ S Gᵀ v for weights v (B, nobs) -> (B, C, nlat, nlon): the eta update for
+        obs weights v."""
         nlat, nlon = self.grid.shape
         B, C = weights.shape[0], self.amplitude.shape[0]
         dw = torch.zeros((B, C, nlat * nlon), dtype=weights.dtype, device=weights.device)
         for c, r in rep.rows.items():
             dw[:, c] = weights[:, r] @ rep.gt[c]
-        return self.sample(dw.reshape(B, C, nlat, nlon))
+        dm = None if rep.hm is None else weights @ rep.hm.to(weights.dtype)  # (B, k)
+        return self.sample(dw.reshape(B, C, nlat, nlon), dm)

@@ -9,11 +9,12 @@ Public API::
     sha = prior.save("prior.pt"); prior = load_prior("prior.pt", device="auto")
 
 Modules: ``vae`` (network and loss terms), ``train`` (PriorConfig, train_prior), ``checkpoint`` (Prior, load_prior,
-checkpoint format).
+checkpoint format), ``residual`` (leading modes of the reconstruction residual).
 """
 from .checkpoint import FORMAT, FORMAT_VERSION, Prior, load_prior, resolve_device
+from .residual import remainder_std, residual_modes
 from .train import PriorConfig, train_prior
 from .vae import ConvVAE
 
 __all__ = ["Prior", "PriorConfig", "train_prior", "load_prior", "ConvVAE", "resolve_device", "FORMAT",
-           "FORMAT_VERSION"]
+           "FORMAT_VERSION", "residual_modes", "remainder_std"]

@@ -19,6 +19,8 @@ state_dict        VAE weights (CPU tensors)
 grid              {"lat": float64 (nlat,), "lon": float64 (nlon,)}
 climatology       {"<var>_mean" | "<var>_var": float64 (harmonic, lat, lon)} harmonic coefficients
 recon_std         float32 (C, nlat, nlon): validation RMS reconstruction error, standardised anomaly units
+recon_modes       optional, float32 (k, C, nlat, nlon): leading residual modes, scaled by sqrt(eigenvalue)
+                  (:mod:`latentda.prior.residual`); absent in priors trained without them
 ================  ===================================================================================
 """
 from __future__ import annotations
@@ -108,6 +110,9 @@ class Prior:
         device: where the network lives; ``decode`` returns tensors there.
         recon_std: (C, nlat, nlon) RMS of ``x - g(mu(x))`` over the validation days, standardised anomaly units
             (the representation error of the generator; the DA adds it to the spread).
+        recon_modes: None or (k, C, nlat, nlon) float32, the leading modes of the reconstruction residual
+            (standardised units, scaled by sqrt(eigenvalue)): the coupled, anisotropic part of the representation
+            error covariance (see :mod:`latentda.prior.residual`).
         history: per-epoch training records (train/validation loss, beta, seconds).
         model: the :class:`~latentda.prior.vae.ConvVAE` (eval mode, parameters frozen).
 
@@ -116,7 +121,8 @@ class Prior:
 
     def __init__(self, model: ConvVAE, *, config, variables: Sequence[str], grid: Grid, climatology: xr.Dataset,
                  var_attrs: dict[str, dict], provenance: dict, recon_std: np.ndarray,
-                 history: list[dict] | None = None, device: str | torch.device = "auto") -> None:
+                 history: list[dict] | None = None, device: str | torch.device = "auto",
+                 recon_modes: np.ndarray | None = None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
@@ -136,6 +142,11 @@ class Prior:
                              f"{len(self.variables)} variables on a {grid.shape[0]}x{grid.shape[1]} grid")
         if self.recon_std.shape != self.shape:
             raise ValueError(f"recon_std has shape {self.recon_std.shape}, expected {self.shape}")
+        self.recon_modes = None if recon_modes is None else np.asarray(recon_modes, dtype=np.float32)
+        if self.recon_modes is not None and (self.recon_modes.ndim != 4 or self.recon_modes.shape[1:] != self.shape
+                                             or not np.isfinite(self.recon_modes).all()):
+            raise ValueError(f"recon_modes must be finite (k, {', '.join(map(str, self.shape))}), "
+                             f"got shape {self.recon_modes.shape}")
         self._clim_cache: dict[pd.Timestamp, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ shapes and conversions
@@ -301,7 +312,7 @@ class Prior:
             "history": self.history,
             "provenance": self.provenance,
         }
-        return {
+        ckpt = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "meta_json": to_json(meta),
@@ -313,6 +324,9 @@ class Prior:
                 clim[n].transpose("harmonic", "lat", "lon").values, dtype=np.float64)) for n in clim_names},
             "recon_std": torch.tensor(np.array(self.recon_std, dtype=np.float32)),
         }
+        if self.recon_modes is not None:
+            ckpt["recon_modes"] = torch.tensor(np.array(self.recon_modes, dtype=np.float32))
+        return ckpt
 
     def to_bytes(self) -> bytes:
         """Serialised checkpoint (deterministic: same prior -> same bytes)."""
@@ -321,8 +335,37 @@ class Prior:
         return buf.getvalue()
 
     def checksum(self) -> str:
-        """sha256 (hex) of the serialised checkpoint bytes: what :meth:`save` returns."""
-        return hashlib.sha256(self.to_bytes()).hexdigest()
+        """sha256 (hex) of the serialised checkpoint bytes: what :meth:`save` returns. Cached until a public
+        attribute is set (the network's parameters are frozen)."""
+        return self._derived("checksum", lambda: hashlib.sha256(self.to_bytes()).hexdigest())
+
+    def residual_model(self) -> tuple[np.ndarray, torch.Tensor | None, np.ndarray | None]:
+        """(D_r, M, M columns) of the representation-error model (:mod:`latentda.prior.residual`), standardised
+        units: the remainder std D_r (C, nlat, nlon) float32 numpy, the residual modes as a float32
+        (k, C, nlat, nlon) tensor on :attr:`device` and as a C-contiguous (C·nlat·nlon, k) numpy array (None, None
+        and D_r = recon_std without modes). Cached like :meth:`checksum`."""
+        def make():
+            from .residual import remainder_std
+
+            if self.recon_modes is None:
+                return remainder_std(self.recon_std, None), None, None
+            k = self.recon_modes.shape[0]
+            return (remainder_std(self.recon_std, self.recon_modes),
+                    torch.as_tensor(self.recon_modes, device=self.device),
+                    np.ascontiguousarray(self.recon_modes.reshape(k, -1).T))
+
+        return self._derived("residual_model", make)
+
+    def _derived(self, key: str, make):
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    def __setattr__(self, name: str, value) -> None:
+        if not name.startswith("_"):
+            self.__dict__.pop("_derived_cache", None)  # checksum and derived arrays follow the new value
+        super().__setattr__(name, value)
 
     def save(self, path: str, storage_options: dict | None = None) -> str:
         """Write the checkpoint to ``path`` (local path or fsspec URL such as ``s3://bucket/prior.pt``); returns its
@@ -403,7 +446,8 @@ def prior_from_checkpoint(ckpt: dict, device: str = "auto", path: str = "<checkp
         clim.attrs.update(meta["climatology_attrs"])
         prior = Prior(model, config=config, variables=variables, grid=grid, climatology=clim,
                       var_attrs=meta["var_attrs"], provenance=meta["provenance"],
-                      recon_std=ckpt["recon_std"].numpy(), history=meta["history"], device=device)
+                      recon_std=ckpt["recon_std"].numpy(), history=meta["history"], device=device,
+                      recon_modes=ckpt["recon_modes"].numpy() if "recon_modes" in ckpt else None)
     except ValueError as err:
         raise _refuse(path, f"inconsistent contents: {err}") from None
     except (KeyError, TypeError, RuntimeError, AttributeError, IndexError, json.JSONDecodeError) as err:

@@ -33,6 +33,7 @@ from ..fields import to_array
 from ..grid import Grid, normalize_grid
 from ..normalization import climatology_at, fit_climatology
 from .checkpoint import Prior, resolve_device
+from .residual import residual_modes
 from .vae import ConvVAE, choose_n_down, kl_divergence, weighted_sq_error
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -65,6 +66,9 @@ class PriorConfig(BaseModel):
     zonal_symmetry: bool = Field(False, description="data statistics are zonally symmetric (e.g. Held-Suarez: no "
                                  "land, orography or seasons in longitude): fit a zonally uniform climatology and "
                                  "augment training with random longitude rotations")
+    residual_modes: int = Field(0, ge=0, description="leading modes of the reconstruction residual on the training "
+                                "days kept for the representation-error covariance (0: none; see "
+                                "latentda.prior.residual)")
     num_threads: int | None = Field(None, ge=1, description="CPU threads while training (None: torch's setting); "
                                                             "1 is fastest for tiny models on a busy machine")
 
@@ -300,6 +304,7 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
                 sq += (x - model.decode(model.encode(x)[0])).double().pow(2).sum(0)
             recon_std = torch.sqrt(sq / va.numel()).float().cpu().numpy()
             clim_rms = X[va].double().pow(2).mean(0).sqrt().float().cpu().numpy()
+        train_anom = X[tr].cpu().numpy() if cfg.residual_modes else None
     wn = grid.weights()[None, :, None]
     provenance = {
         "package": "latentda",
@@ -324,8 +329,13 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
         "val_rmse": [float(np.sqrt((recon_std[c] ** 2 * wn[0]).mean())) for c in range(len(variables))],
         "val_rms_anomaly": [float(np.sqrt((clim_rms[c] ** 2 * wn[0]).mean())) for c in range(len(variables))],
     }
-    return Prior(model, config=cfg, variables=variables, grid=grid, climatology=clim, var_attrs=var_attrs,
-                 provenance=provenance, recon_std=recon_std, history=result["history"], device=device)
+    prior = Prior(model, config=cfg, variables=variables, grid=grid, climatology=clim, var_attrs=var_attrs,
+                  provenance=provenance, recon_std=recon_std, history=result["history"], device=device)
+    if cfg.residual_modes:
+        with deterministic_torch(device, cfg.num_threads):
+            prior.recon_modes, info = residual_modes(prior, train_anom, cfg.residual_modes)
+        prior.provenance["residual_modes"] = info
+    return prior
 
 
 def _package_version() -> str:
