@@ -11,9 +11,11 @@ interpolated to the observation.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -230,3 +232,14 @@ def great_circle_km(lat1, lon1, lat2, lon2, radius_km: float = 6371.0) -> np.nda
     dl = np.deg2rad(np.asarray(lon2) - np.asarray(lon1))
     h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
     return 2.0 * radius_km * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+@contextlib.contextmanager
+def read_model_npz(path: str | Path, kind: str) -> Iterator[tuple[Any, dict, Grid, xr.Dataset]]:
+    """Open a baseline model file written by its ``save``: yields (arrays, meta, grid, climatology), the arrays
+    readable inside the block; ValueError naming ``path`` if the file holds another kind of model."""
+    with np.load(Path(path), allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        if meta.get("kind") != kind:
+            raise ValueError(f"{path} is not a {kind} file (kind={meta.get('kind')!r})")
+        yield data, meta, Grid(data["grid_lat"], data["grid_lon"]), climatology_from_npz(data)

@@ -39,9 +39,8 @@ from scipy.optimize import minimize_scalar
 
 from ..analysis import analysis_dataset
 from ..grid import Grid
-from .common import (Background, chordal_distance_km, check_members, climatology_fields, climatology_from_npz,
-                     climatology_to_npz, clim_var_attrs, day_of, diagnostics, prepare_observations,
-                     training_anomalies)
+from .common import (Background, chordal_distance_km, check_members, climatology_fields, climatology_to_npz,
+                     clim_var_attrs, day_of, diagnostics, prepare_observations, read_model_npz, training_anomalies)
 
 EARTH_RADIUS_KM = 6371.0
 
@@ -200,12 +199,8 @@ class OIModel:
     @classmethod
     def load(cls, path: str | Path) -> "OIModel":
         """Read a model written by :meth:`save`; ValueError if the file holds something else."""
-        with np.load(Path(path), allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            if meta.get("kind") != "OIModel":
-                raise ValueError(f"{path} is not an OIModel file (kind={meta.get('kind')!r})")
-            return cls(tuple(meta["variables"]), Grid(data["grid_lat"], data["grid_lon"]),
-                       climatology_from_npz(data), meta["var_attrs"], meta["model"],
+        with read_model_npz(path, "OIModel") as (_, meta, grid, clim):
+            return cls(tuple(meta["variables"]), grid, clim, meta["var_attrs"], meta["model"],
                        {k: float(v) for k, v in meta["length_scale_km"].items()},
                        {k: float(v) for k, v in meta["variance"].items()}, meta.get("fit_misfit", {}))
 

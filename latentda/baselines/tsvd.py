@@ -34,8 +34,8 @@ import xarray as xr
 
 from ..analysis import analysis_dataset
 from ..grid import Grid
-from .common import (Background, check_members, climatology_fields, climatology_from_npz, climatology_to_npz,
-                     clim_var_attrs, day_of, day_seed, diagnostics, prepare_observations, training_anomalies)
+from .common import (Background, check_members, climatology_fields, climatology_to_npz, clim_var_attrs, day_of,
+                     day_seed, diagnostics, prepare_observations, read_model_npz, training_anomalies)
 
 
 @dataclasses.dataclass
@@ -72,12 +72,8 @@ class TSVDModel:
     @classmethod
     def load(cls, path: str | Path) -> "TSVDModel":
         """Read a model written by :meth:`save`; ValueError if the file holds something else."""
-        with np.load(Path(path), allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            if meta.get("kind") != "TSVDModel":
-                raise ValueError(f"{path} is not a TSVDModel file (kind={meta.get('kind')!r})")
-            return cls(tuple(meta["variables"]), Grid(data["grid_lat"], data["grid_lon"]),
-                       climatology_from_npz(data), meta["var_attrs"], data["modes"].astype(np.float64),
+        with read_model_npz(path, "TSVDModel") as (data, meta, grid, clim):
+            return cls(tuple(meta["variables"]), grid, clim, meta["var_attrs"], data["modes"].astype(np.float64),
                        data["mean_anomaly"].astype(np.float64), data["singular_values"].astype(np.float64),
                        float(meta["explained_variance"]), int(meta["n_samples"]))
 
