@@ -55,6 +55,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _check_order(start: _dt.date, end: _dt.date) -> None:
+    """ValueError naming both dates if ``end`` is before ``start``."""
+    if end < start:
+        raise ValueError(f"end {end} is before start {start}")
+
+
 class Period(_Strict):
     """An inclusive date range (days)."""
 
@@ -63,8 +69,7 @@ class Period(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> "Period":
-        if self.end < self.start:
-            raise ValueError(f"end {self.end} is before start {self.start}")
+        _check_order(self.start, self.end)
         return self
 
     @property
@@ -178,8 +183,7 @@ class ArchiveConfig(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> "ArchiveConfig":
-        if self.end < self.start:
-            raise ValueError(f"end {self.end} is before start {self.start}")
+        _check_order(self.start, self.end)
         return self
 
     @property

@@ -214,9 +214,8 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     mean, std = prior.climatology_tensors(day)
     mean = mean.to(dev, torch.float32)
     std = std.to(dev, torch.float32)
-    recon_std = torch.as_tensor(np.asarray(prior.recon_std), dtype=torch.float32, device=dev)
-    if recon_std.shape != (C, nlat, nlon):
-        raise ValueError(f"prior.recon_std has shape {tuple(recon_std.shape)}, expected {(C, nlat, nlon)}")
+    if np.shape(prior.recon_std) != (C, nlat, nlon):
+        raise ValueError(f"prior.recon_std has shape {np.shape(prior.recon_std)}, expected {(C, nlat, nlon)}")
     length_km = _length_scale(prior, grid, opts) if mode != "none" else None
     rep = None
     if mode != "none":
