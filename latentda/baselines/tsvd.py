@@ -34,6 +34,7 @@ import xarray as xr
 
 from ..analysis import analysis_dataset
 from ..grid import Grid
+from ..eof import scaled_eofs
 from .common import (Background, check_members, climatology_fields, climatology_to_npz, clim_var_attrs, day_of,
                      day_seed, diagnostics, prepare_observations, read_model_npz, training_anomalies)
 
@@ -108,29 +109,10 @@ def fit_tsvd(train_fields: xr.Dataset, climatology: xr.Dataset, variables: Seque
     anom, grid = training_anomalies(train_fields, climatology, variables, dtype=np.float32)
     S = anom.shape[0]
     X = anom.reshape(S, -1)
-    N = X.shape[1]
     xbar = X.mean(axis=0, dtype=np.float64)
     scale = 1.0 / np.sqrt(S - 1)
-    if S <= N:
-        G = np.zeros((S, S))
-        for j in range(0, N, block):
-            Vb = (X[:, j:j + block] - xbar[j:j + block]) * scale
-            G += Vb @ Vb.T
-        lam, W = np.linalg.eigh(G)
-        order = np.argsort(lam)[::-1]
-        lam, W = np.clip(lam[order], 0, None), W[:, order]
-        tau = _choose_tau(lam, truncation)
-        modes = np.empty((N, tau))
-        for j in range(0, N, block):
-            Vb = (X[:, j:j + block] - xbar[j:j + block]) * scale
-            modes[j:j + block] = Vb.T @ W[:, :tau]  # V^T W = U Sigma
-    else:
-        V = (X - xbar) * scale
-        lam, U = np.linalg.eigh(V.T @ V)
-        order = np.argsort(lam)[::-1]
-        lam, U = np.clip(lam[order], 0, None), U[:, order]
-        tau = _choose_tau(lam, truncation)
-        modes = U[:, :tau] * np.sqrt(lam[:tau])
+    modes, lam = scaled_eofs(X, lambda lam: _choose_tau(lam, truncation), mean=xbar, scale=scale, block=block)
+    tau = modes.shape[1]
     return TSVDModel(variables, grid, climatology, clim_var_attrs(climatology, variables), modes, xbar,
                      np.sqrt(lam[:tau]), float(lam[:tau].sum() / lam.sum()), int(S))
 

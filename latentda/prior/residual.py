@@ -10,14 +10,16 @@ channels coupled: a pressure observation informs the temperature residual throug
 Gaussian correlation that carries the rest of the residual variance, so diag(B_eta) = recon_std² wherever the modes
 do not exceed it. This is the TSVD / EOF covariance of Arcucci et al. applied to what the VAE leaves unexplained.
 
-Modes by the method of snapshots: with r (T, P), eigen-decomposition of the Gram matrix r rᵀ / T (T × T) gives
-(lambda_k, u_k), and m_k = rᵀ u_k / sqrt(T) has ‖m_k‖² = lambda_k, so Σ_k m_k m_kᵀ (all k) = rᵀ r / T, the residuals'
-sample second moment (the residual is modelled with mean zero, so it is not centred).
+Modes by the method of snapshots (:func:`latentda.eof.scaled_eofs` of r / sqrt(T), r (T, P)): ‖m_k‖² = lambda_k and
+Σ_k m_k m_kᵀ (all k) = rᵀ r / T, the residuals' sample second moment (the residual is modelled with mean zero, so
+it is not centred).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from ..eof import scaled_eofs
 
 
 def residual_modes(prior, anomalies: np.ndarray, n_modes: int, batch: int = 128) -> tuple[np.ndarray, dict]:
@@ -43,12 +45,8 @@ def residual_modes(prior, anomalies: np.ndarray, n_modes: int, batch: int = 128)
     for k in range(0, T, batch):
         x = torch.as_tensor(a[k:k + batch], dtype=torch.float32, device=dev)
         r[k:k + batch] = (x - prior.reconstruct(x)).reshape(x.shape[0], -1).double().cpu().numpy()
-    gram = (r @ r.T) / T
-    lam, u = np.linalg.eigh(gram)  # ascending
-    order = np.argsort(lam)[::-1]
-    lam, u = np.clip(lam[order], 0.0, None), u[:, order]
-    k = int(min(n_modes, T))
-    modes = (u[:, :k].T @ r) / np.sqrt(T)  # (k, P), ‖m_k‖² = lambda_k
+    modes, lam = scaled_eofs(r, lambda lam: int(min(n_modes, lam.size)), scale=1.0 / np.sqrt(T))
+    modes, k = modes.T, modes.shape[1]  # (k, P), ‖m_k‖² = lambda_k
     # fix each mode's sign (largest |component| positive): samples sum_k w_k m_k then do not depend on the
     # eigensolver's arbitrary signs
     big = modes[np.arange(k), np.abs(modes).argmax(axis=1)]
