@@ -79,7 +79,24 @@ def harness_env() -> dict[str, str]:
     return env
 
 
+def run_while(disrupt, cfg_path, events: dict, join_s: float) -> None:
+    """Run the backfill of ``cfg_path`` while ``disrupt()`` runs in a side thread, then wait ``join_s`` for it.
+
+    The summary goes to ``events["first"]``; a loud failure is an accepted outcome (the rerun must complete) and
+    goes to ``events["first_error"]``."""
+    from flows.reanalysis import run_reanalysis
+
+    th = threading.Thread(target=disrupt, daemon=True)
+    th.start()
+    try:
+        events["first"] = run_reanalysis(cfg_path, progress=False, evaluate_skill=False)
+    except Exception as e:  # noqa: BLE001 - failing loudly is accepted; the rerun must complete
+        events["first_error"] = f"{type(e).__name__}: {e}"
+    th.join(join_s)
+
+
 # ---------------------------------------------------------------------------------------------- kill -9
+
 @pytest.mark.failure
 @pytest.mark.slow
 def test_kill9_backfill_mid_range_then_rerun_is_byte_identical(prefect_harness, world, tmp_path):
@@ -165,14 +182,7 @@ def test_dask_worker_killed_mid_run_retries_or_rerun_completes(prefect_harness, 
                         return
                 time.sleep(0.1)
 
-        th = threading.Thread(target=killer, daemon=True)
-        th.start()
-        try:
-            summary = run_reanalysis(cfg_path, progress=False, evaluate_skill=False)
-            events["first"] = summary
-        except Exception as e:  # noqa: BLE001 - a loud failure is an accepted outcome: the rerun must complete
-            events["first_error"] = f"{type(e).__name__}: {e}"
-        th.join(5)
+        run_while(killer, cfg_path, events, join_s=5)
         assert "killed" in events, "no worker was busy after the first day: nothing was killed"
         assert len(events["killed"][2]) < len(days)
         lib.validate_archive(url)
@@ -222,14 +232,7 @@ def test_s3_outage_during_backfill_recovers_or_rerun_completes(prefect_harness, 
                     return
                 time.sleep(0.1)
 
-        th = threading.Thread(target=outage, daemon=True)
-        th.start()
-        try:
-            summary = run_reanalysis(cfg_path, progress=False, evaluate_skill=False)
-            events["first"] = summary
-        except Exception as e:  # noqa: BLE001 - failing loudly is accepted; the rerun below must complete
-            events["first_error"] = f"{type(e).__name__}: {e}"
-        th.join(10)
+        run_while(outage, cfg_path, events, join_s=10)
         if proxy.paused:
             proxy.resume()
         assert "down" in events and events.get("up"), events
