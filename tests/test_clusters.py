@@ -46,20 +46,21 @@ def test_list_profiles_and_unknown_profile():
         clusters.load_profile("site/missing.yaml")
 
 
-def test_profile_validation(tmp_path):
+@pytest.mark.parametrize("text, match", [
+    ("cluster_class: distributed.LocalCluster\nclsuter_kwargs: {}\n", r"unknown key\(s\) \['clsuter_kwargs'\]"),
+    ("cluster_class: [x\n", "not valid YAML"),
+    ("cluster_class: distributed.LocalCluster\naddress: tcp://127.0.0.1:1\n", "both cluster_class and address"),
+    ("cluster_kwargs: {n_workers: 1}\n", "neither cluster_class nor address"),
+])
+def test_profile_validation(tmp_path, text, match):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("cluster_class: distributed.LocalCluster\nclsuter_kwargs: {}\n")
-    with pytest.raises(ClusterProfileError, match=r"unknown key\(s\) \['clsuter_kwargs'\]"):
+    bad.write_text(text)
+    with pytest.raises(ClusterProfileError, match=match):
         clusters.load_profile(bad)
-    bad.write_text("cluster_class: [x\n")
-    with pytest.raises(ClusterProfileError, match="not valid YAML"):
-        clusters.load_profile(bad)
-    bad.write_text("cluster_class: distributed.LocalCluster\naddress: tcp://127.0.0.1:1\n")
-    with pytest.raises(ClusterProfileError, match="both cluster_class and address"):
-        clusters.load_profile(bad)
-    bad.write_text("cluster_kwargs: {n_workers: 1}\n")
-    with pytest.raises(ClusterProfileError, match="neither cluster_class nor address"):
-        clusters.load_profile(bad)
+
+
+def test_profile_with_unknown_cluster_class(tmp_path):
+    bad = tmp_path / "bad.yaml"
     bad.write_text("cluster_class: distributed.NoSuchCluster\n")
     with pytest.raises(ClusterProfileError, match="has no 'NoSuchCluster'"):
         make_task_runner(bad)
