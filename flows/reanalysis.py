@@ -28,7 +28,7 @@ def provenance(cfg: RunConfig) -> dict[str, Any]:
     return {"config_hash": cfg.hash, "config_name": cfg.name,
             "catalog": {"path": cfg.catalog.path, "fields": cfg.catalog.fields,
                         "observations": cfg.catalog.observations},
-            "assimilation": {"seed": cfg.assimilation.seed, "options": cfg.assimilation.options,
+            "assimilation": {"seed": cfg.assimilation.seed, "options": cfg.assimilation.options.model_dump(mode="json"),
                              "holdout_fraction": cfg.evaluation.holdout_fraction}}
 
 
@@ -63,7 +63,7 @@ def block_kwargs(cfg: RunConfig) -> dict[str, Any]:
     return dict(prior_path=cfg.prior_path, catalog_path=cfg.catalog.path, obs_entry=cfg.catalog.observations,
                 url=cfg.archive_url, storage_options=cfg.archive.storage_options,
                 members=cfg.assimilation.members, seed=cfg.assimilation.seed, members_to_keep=cfg.members_to_keep,
-                options=dict(cfg.assimilation.options), config_hash=cfg.hash,
+                options=cfg.assimilation.options.model_dump(mode="json"), config_hash=cfg.hash,
                 holdout_fraction=cfg.evaluation.holdout_fraction, threads=cfg.assimilation.threads)
 
 

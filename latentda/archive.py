@@ -559,7 +559,7 @@ def assimilate_day(prior, observations: pd.DataFrame, day: Any, members: int, se
 
     d = to_days(day)[0]
     return assimilate(prior, observations, d, members=int(members), seed=int(seed),
-                      keep_members=bool(members_to_keep), **dict(options or {}))
+                      keep_members=bool(members_to_keep), options=options)
 
 
 def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], url: str, *, members: int,

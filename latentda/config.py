@@ -37,6 +37,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
+from .da.options import AssimilationOptions
+from .prior.config import PriorConfig
 from .storage import is_remote, is_sensitive_key
 
 __all__ = ["RunConfig", "ConfigError", "load_config", "config_from_dict", "config_hash", "redact_storage_options",
@@ -101,48 +103,26 @@ class TrainConfig(_Strict):
         return self
 
 
-class PriorSettings(_Strict):
-    """Where the prior checkpoint lives and the :class:`latentda.PriorConfig` fields (None: its default)."""
+class PriorSettings(PriorConfig):
+    """The ``prior:`` section: every :class:`latentda.PriorConfig` field (same names, defaults and checks: the
+    class itself, not a copy) plus ``path``, where the checkpoint lives."""
 
     path: str | None = Field(None, description="checkpoint path or URL; default <workdir>/prior.pt")
-    latent_dim: int | None = Field(None, gt=0)
-    epochs: int | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, gt=0)
-    learning_rate: float | None = Field(None, gt=0)
-    patience: int | None = Field(None, ge=1)
-    val_fraction: float | None = Field(None, gt=0, lt=1)
-    seed: int | None = Field(None, ge=0)
-    device: str = "auto"
-    n_harmonics: int | None = Field(None, ge=0)
-    max_minutes: float | None = Field(None, gt=0)
-    base_channels: int | None = Field(None, ge=1)
-    beta: float | None = Field(None, ge=0)
-    kl_warmup_epochs: int | None = Field(None, ge=0)
-    n_down: int | None = Field(None, ge=1, le=6)
-    val_block_days: int | None = Field(None, ge=1)
-    weight_decay: float | None = Field(None, ge=0)
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        ok = v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())
-        if not ok:
-            raise ValueError(f"device {v!r} unknown; use auto, cpu, cuda, cuda:N or mps")
-        return v
 
     def prior_config(self) -> dict[str, Any]:
-        """The keyword arguments for :class:`latentda.PriorConfig` (unset ones left to its defaults)."""
-        return {k: v for k, v in self.model_dump().items() if k != "path" and v is not None}
+        """The :class:`latentda.PriorConfig` fields as a dict (what ``latentda.train_prior`` takes)."""
+        return self.model_dump(exclude={"path"})
 
 
 class AssimilationConfig(_Strict):
-    """Ensemble size, base seed (each day derives its own), days per Dask task, options for latentda.assimilate."""
+    """Ensemble size, base seed (each day derives its own), days per Dask task, and the options of
+    ``latentda.assimilate`` (:class:`latentda.da.options.AssimilationOptions`: checked when the config loads)."""
 
     members: int = Field(32, ge=2)
     seed: int = Field(0, ge=0)
     block_days: int | None = Field(None, ge=1, description="days per task; None: about 2 blocks per worker")
     threads: int = Field(1, ge=1, description="torch threads per assimilation; the bytes depend on it: keep fixed")
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: AssimilationOptions = Field(default_factory=AssimilationOptions)
 
 
 class ArchiveChunks(_Strict):

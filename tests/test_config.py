@@ -63,6 +63,9 @@ def test_unknown_key_refused_with_its_name(tmp_path, data, key):
     ({"evaluation": {"holdout_fraction": 1.0}}, "evaluation.holdout_fraction"),
     ({"prior": {"val_fraction": 1.5}}, "prior.val_fraction"),
     ({"prior": {"device": "tpu"}}, "prior.device"),
+    ({"prior": {"device": "mps"}}, "prior.device"),
+    ({"assimilation": {"options": {"representation_error": "full"}}}, "assimilation.options.representation_error"),
+    ({"assimilation": {"options": {"max_iter": -1}}}, "assimilation.options.max_iter"),
     ({"cluster": {"profile": "address"}}, "cluster"),
     ({"variables": []}, "variables"),
     ({"assimilation": {"members": "many"}}, "assimilation.members"),
@@ -71,6 +74,29 @@ def test_impossible_value_refused_with_its_name(tmp_path, patch, key):
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, _minimal(**patch)))
     assert f"  {key}:" in str(info.value)
+
+
+def test_prior_section_is_prior_config_itself():
+    """Every PriorConfig field is accepted in the run config's prior: section, with PriorConfig's defaults."""
+    from latentda.prior.config import PriorConfig
+
+    non_default = {"residual_modes": 8, "zonal_symmetry": True, "max_channel_mult": 2, "num_threads": 1,
+                   "n_down": 2, "max_minutes": 1.5}
+    assert set(PriorConfig.model_fields) - {"path"} <= set(RunConfig.model_fields["prior"].annotation.model_fields)
+    cfg = config_from_dict(_minimal(prior=dict(non_default, path="p.pt")))
+    pc = PriorConfig.model_validate(cfg.prior.prior_config())
+    assert {k: getattr(pc, k) for k in non_default} == non_default
+    assert PriorConfig.model_validate(config_from_dict(_minimal()).prior.prior_config()) == PriorConfig()
+
+
+def test_assimilation_options_typed_and_passed_through():
+    from latentda.da.options import AssimilationOptions
+
+    cfg = config_from_dict(_minimal(assimilation={"options": {"max_iter": 25, "qc_threshold": float("inf")}}))
+    opts = cfg.assimilation.options
+    assert isinstance(opts, AssimilationOptions) and opts.max_iter == 25 and opts.qc_threshold == float("inf")
+    # what the flows hand to workers (JSON) validates back to the same options
+    assert AssimilationOptions.model_validate(opts.model_dump(mode="json")) == opts
 
 
 def test_cross_field_checks(tmp_path):

@@ -453,3 +453,17 @@ def test_bad_arguments_raise_value_errors(prior, fields):
         assimilate(prior, obs, "not a date")
     with pytest.raises(ValueError, match="error"):
         assimilate(prior, obs.drop(columns="error"), day)
+
+
+def test_options_model_and_dict_give_the_same_bytes(prior, fields):
+    """assimilate takes AssimilationOptions, a dict or keywords: one model validates all three."""
+    from latentda.da.options import AssimilationOptions
+
+    obs, day = _obs(fields, 3, 40, seed=2), _day(fields, 3)
+    a = assimilate(prior, obs, day, members=3, seed=1, options=AssimilationOptions(max_iter=5))
+    b = assimilate(prior, obs, day, members=3, seed=1, options={"max_iter": 5})
+    c = assimilate(prior, obs, day, members=3, seed=1, max_iter=5)
+    for v in prior.variables:
+        assert a[v].values.tobytes() == b[v].values.tobytes() == c[v].values.tobytes()
+    with pytest.raises(ValueError, match="max_iters"):
+        assimilate(prior, obs, day, members=3, options={"max_iters": 5})

@@ -40,9 +40,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import numbers
 import time as _time
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -55,6 +54,7 @@ from ..obs import qc as _qc
 from ..obs.operator import PointOperator
 from ..obs.schema import QC_OK, validate_observations
 from .cost import LatentCost
+from .options import AssimilationOptions, as_options
 from ..prior.residual import remainder_std
 from .ensemble import (STREAM_LATENT, STREAM_MODES, STREAM_OBS, STREAM_REPR, RepresentationError, day_ordinal,
                        default_length_scale_km, member_normals)
@@ -64,56 +64,13 @@ log = logging.getLogger(__name__)
 
 METHOD = "latent_rto"
 QC_SAMPLE = 32  # prior draws used for the gross-departure statistics (at least; all members if more)
-REPR_MODES = ("augmented", "likelihood", "none")
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "representation_error": "augmented",  # "augmented" | "likelihood" | "none"
-    "repr_length_scale": None,            # km; None -> prior.recon_length_scale_km or 1.5 grid spacings
-    "repr_scale": 1.0,                    # multiplies prior.recon_std (e.g. if it was measured in-sample)
-    "residual_modes": True,               # use prior.recon_modes (if the prior has them) in the eta covariance
-    "perturb_obs": True,                  # draw eps_o ~ N(0, R_o); False: y unperturbed (tests/ablations)
-    "adam_steps": 0,                      # Adam warm-up iterations before L-BFGS
-    "adam_lr": 0.05,
-    "history": 10,                        # L-BFGS memory
-    "ftol": 1e-7,                         # relative round-off floor of J (float64 sums of float32 decoder output)
-    "max_linesearch": 10,
-    "precondition": True,                 # posterior mode, Gauss-Newton H_0 there and linearised member starts
-}
 
 
-def _check_options(members: int, seed: int, max_iter: int, tol: float, options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown assimilate option(s) {unknown}; valid options are {sorted(DEFAULT_OPTIONS)}")
-    opts = {**DEFAULT_OPTIONS, **options}
+def _check_ensemble(members: int, seed: int) -> None:
     if isinstance(members, bool) or not isinstance(members, (int, np.integer)) or members < 1:
         raise ValueError(f"members={members!r} must be a positive integer")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed={seed!r} must be a non-negative integer")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
-        raise ValueError(f"max_iter={max_iter!r} must be a non-negative integer")
-    if not (_is_real(tol) and np.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol={tol!r} must be a positive number (Newton decrement in posterior standard deviations)")
-    if opts["representation_error"] not in REPR_MODES:
-        raise ValueError(f"representation_error={opts['representation_error']!r}; use one of {list(REPR_MODES)}")
-    for k in ("perturb_obs", "precondition", "residual_modes"):
-        if not isinstance(opts[k], (bool, np.bool_)):
-            raise ValueError(f"option {k}={opts[k]!r} must be True or False")
-    for k in ("adam_steps", "history", "max_linesearch"):
-        v = opts[k]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if k == "adam_steps" else 1):
-            raise ValueError(f"option {k}={v!r} must be an integer >= {0 if k == 'adam_steps' else 1}")
-    for k in ("adam_lr", "ftol", "repr_scale"):
-        v = opts[k]
-        if not (_is_real(v) and np.isfinite(v) and v >= 0):
-            raise ValueError(f"option {k}={v!r} must be a non-negative number")
-    L = opts["repr_length_scale"]
-    if L is not None and not (_is_real(L) and np.isfinite(L) and L > 0):
-        raise ValueError(f"option repr_length_scale={L!r} must be a positive number of km (or None for the default)")
-    return opts
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 @contextlib.contextmanager
@@ -132,8 +89,8 @@ def _strict_float32(device: torch.device) -> Iterator[None]:
         cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
-def _length_scale(prior, grid, opts) -> float:
-    L = opts["repr_length_scale"]
+def _length_scale(prior, grid, opts: AssimilationOptions) -> float:
+    L = opts.repr_length_scale
     if L is None:
         L = getattr(prior, "recon_length_scale_km", None)
     if L is None:
@@ -142,8 +99,8 @@ def _length_scale(prior, grid, opts) -> float:
 
 
 def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed: int = 0, *,
-               keep_members: bool = False, qc_threshold: float = 5.0, max_iter: int = 200, tol: float = 0.1,
-               default_error: float | dict | None = None, **options) -> xr.Dataset:
+               keep_members: bool = False, options: AssimilationOptions | Mapping[str, Any] | None = None,
+               **kwargs: Any) -> xr.Dataset:
     """Analyse one day with an ensemble of ``members`` latent RTO solves (see the module docstring for J).
 
     Parameters
@@ -165,7 +122,9 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
         the Monte-Carlo error of the ensemble (1/M); 1e-2 costs ~25 % more time for the same analysis (6 days of
         the demo data, 100 stations, 10 members: T RMSE 3.1825 vs 3.1826 K, 1.09 vs 1.33 s per day).
     default_error : observation error std dev (scalar or per variable) when the table has no ``error`` column.
-    **options :
+    options, **kwargs : :class:`latentda.da.options.AssimilationOptions` (or a dict of its fields), with keyword
+        arguments on top (``assimilate(..., max_iter=50)``); every option is validated by that one model.
+        ``qc_threshold``, ``max_iter``, ``tol``, ``default_error``: as above;
         ``representation_error``: "augmented" (default: R = R_o + G Gᵀ and members x_m = g(z_m) + eta_m),
         "likelihood" (same R, members g(z_m)) or "none" (pure latent RTO: R = R_o, members g(z_m));
         ``repr_length_scale``: L in km (default ``prior.recon_length_scale_km`` if the prior has it, else 1.5
@@ -190,16 +149,17 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
     optional members and diagnostics; ``no_obs=1`` and the prior ensemble when no observation is usable.
     Work is float32 on ``prior.device``; on the CPU the same inputs give identical bytes.
     """
-    opts = _check_options(members, seed, max_iter, tol, options)
+    _check_ensemble(members, seed)
+    opts = as_options(options, **kwargs)
     with _strict_float32(torch.device(prior.device)):
         return _assimilate(prior, observations, time, int(members), int(seed), keep_members=bool(keep_members),
-                           k_qc=_qc.check_threshold(qc_threshold), max_iter=int(max_iter), tol=float(tol),
-                           default_error=default_error, opts=opts)
+                           opts=opts)
 
 
 def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int, *, keep_members: bool,
-                k_qc: float, max_iter: int, tol: float, default_error, opts: dict[str, Any]) -> xr.Dataset:
+                opts: AssimilationOptions) -> xr.Dataset:
     """The body of :func:`assimilate` (arguments already checked)."""
+    k_qc, max_iter, tol = opts.qc_threshold, opts.max_iter, opts.tol
     ordinal = day_ordinal(time)
     day = pd.Timestamp(time).normalize()
     t0 = _time.perf_counter()
@@ -208,9 +168,9 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     dev = torch.device(prior.device)
     C, (nlat, nlon), d = len(variables), grid.shape, int(prior.latent_dim)
 
-    table = validate_observations(observations, variables, default_error=default_error, time=day)
+    table = validate_observations(observations, variables, default_error=opts.default_error, time=day)
 
-    mode = opts["representation_error"]
+    mode = opts.representation_error
     mean, std = prior.climatology_tensors(day)
     mean = mean.to(dev, torch.float32)
     std = std.to(dev, torch.float32)
@@ -219,8 +179,8 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     length_km = _length_scale(prior, grid, opts) if mode != "none" else None
     rep = None
     if mode != "none":
-        scale = float(opts["repr_scale"])
-        if opts["residual_modes"] and getattr(prior, "recon_modes", None) is not None:
+        scale = float(opts.repr_scale)
+        if opts.residual_modes and getattr(prior, "recon_modes", None) is not None:
             rest_np, modes, columns = prior.residual_model()  # cached on the prior
         else:
             rest_np, modes, columns = remainder_std(prior.recon_std, None), None, None
@@ -279,10 +239,10 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     attrs = {"version": __version__, "prior_checksum": prior.checksum(), "members": members, "seed": int(seed),
              "qc_threshold": k_qc, "max_iter": int(max_iter), "tol": float(tol),
              "representation_error": mode, "repr_length_scale_km": length_km,
-             "repr_scale": float(opts["repr_scale"]) if mode != "none" else None,
+             "repr_scale": float(opts.repr_scale) if mode != "none" else None,
              "residual_modes": rep.n_modes if rep is not None else 0,
-             "perturb_obs": bool(opts["perturb_obs"]), "adam_steps": int(opts["adam_steps"]),
-             "precondition": bool(opts["precondition"])}
+             "perturb_obs": bool(opts.perturb_obs), "adam_steps": int(opts.adam_steps),
+             "precondition": bool(opts.precondition)}
     diag: dict[str, float] = {"obs_used": int(usable.size), "obs_rejected": _qc.rejected_count(table)}
 
     if usable.size == 0:
@@ -297,7 +257,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     y64 = table["value"].to_numpy(dtype=np.float64)[usable]
     sig64 = table["error"].to_numpy(dtype=np.float64)[usable]
     sigma = torch.as_tensor(sig64, dtype=torch.float32, device=dev)
-    if opts["perturb_obs"]:
+    if opts.perturb_obs:
         eps = torch.as_tensor(member_normals(seed, ordinal, STREAM_OBS, members, (n,)), device=dev) * sigma
     else:
         eps = torch.zeros((members, n), dtype=torch.float32, device=dev)
@@ -312,10 +272,9 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
         target = (torch.as_tensor(y64, device=dev) + eps.double() - op.apply_torch(eta_p).double())
 
     cost = LatentCost(prior, op, mean, std, z_p, target, sigma=None if chol is not None else sigma, chol=chol)
-    solve = dict(max_iter=int(max_iter), tol=float(tol), ftol=opts["ftol"], history=opts["history"],
-                 max_linesearch=opts["max_linesearch"], adam_steps=opts["adam_steps"], adam_lr=opts["adam_lr"])
+    solve = opts.solver()
     h0, z0, mode_iterations = None, z_p, 0
-    if opts["precondition"]:
+    if opts.precondition:
         # 1) posterior mode ẑ of the unperturbed problem (z_p = 0, ỹ = y): one cheap single-member solve
         obs_term = dict(sigma=None, chol=chol) if chol is not None else dict(sigma=sigma)
         zero = torch.zeros((1, d), device=dev)

@@ -8,13 +8,27 @@ Public API::
     phys = prior.to_physical(x, time)       # x * s(d) + m(d)
     sha = prior.save("prior.pt"); prior = load_prior("prior.pt", device="auto")
 
-Modules: ``vae`` (network and loss terms), ``train`` (PriorConfig, train_prior), ``checkpoint`` (Prior, load_prior,
-checkpoint format), ``residual`` (leading modes of the reconstruction residual).
+Modules: ``config`` (PriorConfig; light, no torch), ``vae`` (network and loss terms), ``train`` (train_prior),
+``checkpoint`` (Prior, load_prior, checkpoint format), ``residual`` (leading modes of the reconstruction residual).
+Everything but ``config`` is imported on first use, so the run config can be validated without importing torch.
 """
-from .checkpoint import FORMAT, FORMAT_VERSION, Prior, load_prior, resolve_device
-from .residual import remainder_std, residual_modes
-from .train import PriorConfig, train_prior
-from .vae import ConvVAE
+from __future__ import annotations
 
-__all__ = ["Prior", "PriorConfig", "train_prior", "load_prior", "ConvVAE", "resolve_device", "FORMAT",
-           "FORMAT_VERSION", "residual_modes", "remainder_std"]
+import importlib
+from typing import Any
+
+from .config import PriorConfig
+
+_LAZY = {
+    "Prior": "checkpoint", "load_prior": "checkpoint", "resolve_device": "checkpoint", "FORMAT": "checkpoint",
+    "FORMAT_VERSION": "checkpoint", "train_prior": "train", "ConvVAE": "vae", "residual_modes": "residual",
+    "remainder_std": "residual",
+}
+
+__all__ = ["PriorConfig", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'latentda.prior' has no attribute {name!r}")

@@ -41,6 +41,7 @@ import xarray as xr
 from ..fields import to_array
 from ..grid import Grid
 from ..normalization import climatology_at
+from .config import PriorConfig
 from .vae import ConvVAE
 
 FORMAT = "latentda.prior"
@@ -427,8 +428,6 @@ def checkpoint_from_bytes(data: bytes, path: str = "<bytes>") -> dict:
 
 def prior_from_checkpoint(ckpt: dict, device: str = "auto", path: str = "<checkpoint>") -> Prior:
     """Rebuild a :class:`Prior` from a validated checkpoint dict."""
-    from .train import PriorConfig
-
     resolve_device(device)  # an unavailable device is the caller's problem, not the checkpoint's
     try:
         meta = json.loads(ckpt["meta_json"])

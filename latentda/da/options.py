@@ -1,0 +1,91 @@
+"""The options of ``latentda.assimilate`` as one typed model (:class:`AssimilationOptions`).
+
+The same model validates the keyword arguments of :func:`latentda.assimilate` (a dict or keywords still work) and
+the ``assimilation.options`` section of a run config, so a misspelt or impossible option is refused when the
+config is loaded, naming the key, before any store is created. Only pydantic and the standard library: importing
+it does not import torch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+
+__all__ = ["AssimilationOptions", "as_options", "REPR_MODES"]
+
+REPR_MODES = ("augmented", "likelihood", "none")
+
+
+class AssimilationOptions(BaseModel):
+    """Everything ``latentda.assimilate`` takes besides the prior, the observations, the day, ``members``, ``seed``
+    and ``keep_members``. See :func:`latentda.da.rto.assimilate` for what each option does."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
+
+    qc_threshold: float = Field(5.0, description="k of the gross-departure check |y - H x_b| > k sqrt(var); inf: off")
+    max_iter: StrictInt = Field(200, ge=0, description="L-BFGS iterations per member")
+    tol: float = Field(0.1, gt=0, allow_inf_nan=False,
+                       description="Newton decrement tolerance, in posterior standard deviations")
+    default_error: float | dict[str, float] | None = Field(
+        None, description="observation error std dev (scalar or per variable) when the table has no error column")
+    representation_error: Literal["augmented", "likelihood", "none"] = "augmented"
+    repr_length_scale: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                            description="km; None: the prior's, else 1.5 grid spacings")
+    repr_scale: float = Field(1.0, ge=0, allow_inf_nan=False, description="factor on the prior's recon_std")
+    residual_modes: StrictBool = Field(True, description="use the prior's residual modes, if it has them")
+    perturb_obs: StrictBool = Field(True, description="draw observation perturbations (False: tests/ablations)")
+    adam_steps: StrictInt = Field(0, ge=0, description="Adam warm-up iterations before L-BFGS")
+    adam_lr: float = Field(0.05, ge=0, allow_inf_nan=False)
+    history: StrictInt = Field(10, ge=1, description="L-BFGS memory")
+    ftol: float = Field(1e-7, ge=0, allow_inf_nan=False, description="relative round-off floor of J")
+    max_linesearch: StrictInt = Field(10, ge=1)
+    precondition: StrictBool = Field(True, description="Gauss-Newton preconditioner and linearised member starts")
+
+    @field_validator("qc_threshold")
+    @classmethod
+    def _threshold(cls, v: float) -> float:
+        if math.isnan(v) or v <= 0:
+            raise ValueError(f"qc_threshold={v!r} must be a positive number (inf disables the gross departure check)")
+        return v
+
+    @field_validator("default_error")
+    @classmethod
+    def _error(cls, v: float | dict[str, float] | None) -> float | dict[str, float] | None:
+        values = v.values() if isinstance(v, dict) else ([] if v is None else [v])
+        bad = [e for e in values if not (math.isfinite(e) and e > 0)]
+        if bad:
+            raise ValueError(f"default_error {v!r} must be positive finite standard deviation(s)")
+        return v
+
+    def solver(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`latentda.da.solver.minimize_batched`."""
+        return dict(max_iter=self.max_iter, tol=self.tol, ftol=self.ftol, history=self.history,
+                    max_linesearch=self.max_linesearch, adam_steps=self.adam_steps, adam_lr=self.adam_lr)
+
+
+def as_options(options: "AssimilationOptions | Mapping[str, Any] | None" = None, **overrides: Any
+               ) -> AssimilationOptions:
+    """:class:`AssimilationOptions` from a model, a mapping or None, with keyword ``overrides`` on top.
+
+    Raises ValueError naming every unknown or impossible option (and listing the valid ones for a misspelling).
+    """
+    if options is None:
+        base: dict[str, Any] = {}
+    elif isinstance(options, AssimilationOptions):
+        base = options.model_dump(exclude_unset=True)
+    elif isinstance(options, Mapping):
+        base = dict(options)
+    else:
+        raise TypeError(f"options must be AssimilationOptions, a dict or None, got {type(options).__name__}")
+    base.update(overrides)
+    unknown = sorted(set(base) - set(AssimilationOptions.model_fields))
+    if unknown:
+        raise ValueError(f"unknown assimilate option(s) {unknown}; valid options are "
+                         f"{sorted(AssimilationOptions.model_fields)}")
+    try:
+        return AssimilationOptions.model_validate(base)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: "
+                             f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors())
+        raise ValueError(f"invalid assimilate option(s): {problems}") from None

@@ -1,0 +1,74 @@
+"""The prior's hyper-parameters (:class:`PriorConfig`): the one model that ``latentda.train_prior``, the checkpoint
+and the run config's ``prior:`` section all use (the run config embeds it; no hand copy).
+
+Only pydantic and the standard library: importing it pulls in neither torch nor the training code.
+"""
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["PriorConfig", "as_config", "check_device_name"]
+
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class PriorConfig(BaseModel):
+    """Hyper-parameters of the VAE prior and its training. Unknown keys and impossible values are refused
+    (pydantic ValidationError, a ValueError, naming the field)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    latent_dim: int = Field(64, ge=1, description="size L of the latent vector z")
+    base_channels: int = Field(32, ge=1, description="channels after the first downsampling (x2 per level up to "
+                                                      "max_channel_mult x base)")
+    max_channel_mult: int = Field(4, ge=1, description="channel cap per level as a multiple of base_channels")
+    beta: float = Field(1.0, ge=0, description="weight of the KL term (1 = ELBO with unit-variance likelihood)")
+    epochs: int = Field(60, ge=1, description="maximum number of epochs")
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate")
+    patience: int = Field(6, ge=1, description="epochs without validation improvement before stopping")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="fraction of days held out for validation")
+    seed: int = Field(0, ge=0, description="seeds initialisation, split, shuffling and noise")
+    device: str = Field("auto", description="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    n_harmonics: int = Field(3, ge=0, description="harmonics of the day-of-year climatology (0: no seasons)")
+    max_minutes: float | None = Field(None, gt=0, description="stop training after this wall time (minutes)")
+    kl_warmup_epochs: int = Field(5, ge=0, description="epochs over which beta ramps up linearly to its value")
+    n_down: int | None = Field(None, ge=1, le=6, description="stride-2 levels; None: chosen from the grid (<= 3)")
+    val_block_days: int = Field(8, ge=1, description="validation days are drawn in blocks of this many days")
+    weight_decay: float = Field(0.0, ge=0, description="Adam(W) decoupled weight decay")
+    zonal_symmetry: bool = Field(False, description="data statistics are zonally symmetric (e.g. Held-Suarez: no "
+                                 "land, orography or seasons in longitude): fit a zonally uniform climatology and "
+                                 "augment training with random longitude rotations")
+    residual_modes: int = Field(0, ge=0, description="leading modes of the reconstruction residual on the training "
+                                "days kept for the representation-error covariance (0: none; see "
+                                "latentda.prior.residual)")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads while training (None: torch's setting); "
+                                                            "1 is fastest for tiny models on a busy machine")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        return check_device_name(v)
+
+
+def check_device_name(v: str) -> str:
+    """The one check of a device name (syntax only; whether CUDA is present is
+    :func:`latentda.prior.checkpoint.resolve_device`'s business on the machine that runs it)."""
+    if not isinstance(v, str) or not DEVICE_RE.match(v):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+    return v
+
+
+def as_config(config: "PriorConfig | dict | None") -> PriorConfig:
+    """PriorConfig from a PriorConfig, a dict (validated) or None (defaults)."""
+    if config is None:
+        return PriorConfig()
+    if isinstance(config, PriorConfig):
+        return config
+    if isinstance(config, dict):
+        return PriorConfig.model_validate(config)
+    raise TypeError(f"config must be a PriorConfig, a dict or None, got {type(config).__name__}")
+
+
