@@ -8,7 +8,7 @@ Run from the repository root::
 
 Each repeat writes the same days into a fresh archive three ways:
 
-* ``library``: ``latentda.archive.assimilate_days`` in this process (1 torch thread, as on a worker);
+* ``library``: ``latentda.backfill.assimilate_days`` in this process (1 torch thread, as on a worker);
 * ``flow-1w`` / ``flow-2w``: ``flows.reanalysis.run_reanalysis`` on a LocalCluster of 1 / 2 worker processes
   (wall time of the whole flow: cluster start, worker imports, Prefect task overhead and writes included).
 
@@ -19,6 +19,7 @@ Prefect server (in a temporary PREFECT_HOME) serves all runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -80,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import latentda
     from flows import prefect_api, quiet_dask_logs
-    from flows.reanalysis import provenance, run_reanalysis
+    from flows.reanalysis import run_reanalysis
     from latentda import archive as lib
+    from latentda import backfill
     from latentda.config import config_from_dict, deep_merge, load_config
     from tasks.assimilate import read_observations
 
@@ -114,12 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             url = str(root / f"lib-{r}.zarr")
             spec = lib.archive_spec(prior, cfg0.archive.start, cfg0.archive.end, cfg0.assimilation.members,
                                     cfg0.members_to_keep, cfg0.variables)
-            lib.create_archive(url, spec, dict(provenance(cfg0), model_checksum=prior.checksum()))
+            lib.create_archive(url, spec, dict(backfill.archive_provenance(cfg0), model_checksum=prior.checksum()))
+            settings = dataclasses.replace(backfill.DaySettings.from_config(cfg0), url=url)
             t0 = time.perf_counter()
-            lib.assimilate_days(prior, table, days, url, members=cfg0.assimilation.members,
-                                seed=cfg0.assimilation.seed, members_to_keep=cfg0.members_to_keep,
-                                options=cfg0.assimilation.options, config_hash=cfg0.hash,
-                                threads=cfg0.assimilation.threads)
+            backfill.assimilate_days(prior, table, days, settings)
             times["library"].append(time.perf_counter() - t0)
             print(f"  repeat {r}: library  {times['library'][-1]:7.1f} s", flush=True)
             for n in (1, 2):
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 eq = all(a[v].values.tobytes() == b[v].values.tobytes() for v in a.data_vars
                          if v != "config_sha256")
                 same &= eq
-                print(f"  repeat {r}: flow-{n}w  {times[f'flow-{n}w'][-1]:7.1f} s ({s['blocks']} blocks)"
+                print(f"  repeat {r}: flow-{n}w  {times[f'flow-{n}w'][-1]:7.1f} s ({s['blocks']} block(s))"
                       f"{'' if eq else '  BYTES DIFFER'}", flush=True)
 
     print("\nmode       median s   days/min   ratio to library")

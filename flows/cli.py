@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("backfill", "assimilate the days of a range that are not done yet (resumable)")
     range_args(sp)
     run_args(sp)
+    sp.add_argument("--force", action="store_true", help="redo the days of the range that are already done")
 
     sp = add("daily", "assimilate one day (default: yesterday, UTC)")
     sp.add_argument("--date", help="day YYYY-MM-DD (default: yesterday UTC)")
@@ -124,7 +125,7 @@ def print_summary(summary: dict, evaluation: dict | None = None, quicklook: str 
       f"now, {summary['days_requested'] - summary['days_todo']} were already done; "
       f"{summary['archive_days_done']}/{summary['archive_days']} days of the archive done\n")
     if summary.get("failed"):
-        w(f"FAILED blocks  {summary['failed']} (rerun to resume)\n")
+        w(f"FAILED days    {summary['failed']} (rerun to resume)\n")
     if fit:
         w(f"fit to obs     RMS normalised departure before {_fmt(fit.get('fit_before'))} -> after "
           f"{_fmt(fit.get('fit_after'))}; {_fmt(fit.get('obs_used'), 4)} observations used per day\n")
@@ -187,7 +188,8 @@ def cmd_status(args, out=None) -> int:
 def cmd_quicklook(args, out=None) -> str:
     out = out or sys.stdout
     from latentda.config import load_config
-    from tasks.evaluate import quicklook_for_day
+    from latentda.report import quicklook_day
+    from tasks.evaluate import run_observations, run_truth
 
     from .evaluate import quicklook_path
 
@@ -197,9 +199,7 @@ def cmd_quicklook(args, out=None) -> str:
         raise SystemExit(f"error: --variable {var!r} is not one of {cfg.variables}")
     day = str(args.date)[:10]
     png = args.out or quicklook_path(cfg, day, var)
-    png = quicklook_for_day(cfg.archive_url, cfg.archive.storage_options, day, var, png, cfg.catalog.path,
-                            cfg.catalog.observations, cfg.catalog.truth, cfg.evaluation.holdout_fraction,
-                            cfg.assimilation.seed)
+    png = quicklook_day(cfg, day, var, png, truth=run_truth(cfg), observations=run_observations(cfg))
     out.write(f"quicklook {png}\n")
     return png
 
@@ -303,7 +303,7 @@ def _dispatch(args) -> int:
 
         with prefect_api():
             summary = run_reanalysis(args.config, args.start, args.end, _overrides(args),
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, force=args.force)
         print_summary(summary)
         return 0
     if c == "daily":

@@ -8,13 +8,12 @@ import datetime as dt
 
 from prefect import flow, get_run_logger
 
-from latentda import storage
-from latentda.archive import to_days
+from latentda import backfill, storage
 from latentda.config import load_config
-from tasks.archive import missing_days, validate_archive
+from tasks.archive import missing_days, register_archive, validate_archive
 from tasks.assimilate import assimilate_block
 
-from .reanalysis import block_kwargs, ensure_archive, register
+from .reanalysis import ensure_archive
 from .runners import task_runner_from_config
 
 
@@ -27,21 +26,20 @@ def daily(config_path: str, date: str | None = None, overrides: dict | None = No
     """Assimilate ``date`` (ISO; default yesterday UTC) unless it is already done (``force`` rewrites it)."""
     log = get_run_logger()
     cfg = load_config(config_path, overrides)
-    day = to_days(date or yesterday_utc())[0]
-    if not (cfg.archive.start <= day.date() <= cfg.archive.end):
-        raise ValueError(f"day {day.date()} is outside the archive period {cfg.archive.start}..{cfg.archive.end} "
-                         "(archive.start/archive.end in the run config)")
+    day, _ = backfill.day_range(cfg, date or yesterday_utc(), date or yesterday_utc())
     iso = str(day.date())
-    url, so = cfg.archive_url, cfg.archive.storage_options
+    url = storage.redact(cfg.archive_url)
     ensure_archive(cfg)
-    if not force and not missing_days(url, so, iso, iso):
-        log.info("%s is already done in %s: nothing to do (force=True rewrites it)", iso, storage.redact(url))
-        return {"day": iso, "written": [], "archive": storage.redact(url)}
-    written = assimilate_block.submit([iso], force=force, **block_kwargs(cfg)).result()
-    validate_archive(url, so, iso, iso)
-    catalog_path = register(cfg)
-    log.info("daily %s: written into %s", iso, storage.redact(url))
-    return {"day": iso, "written": written, "archive": storage.redact(url), "catalog": catalog_path}
+    if not force and not missing_days(cfg, iso, iso):
+        log.info("%s is already done in %s: nothing to do (force=True rewrites it)", iso, url)
+        return {"day": iso, "written": [], "archive": url}
+    out = assimilate_block(cfg, [iso], force)
+    if out["failed"]:
+        raise RuntimeError(f"daily {iso} failed: {out['failed'][iso]}")
+    validate_archive(cfg, iso, iso)
+    catalog_path = register_archive(cfg)
+    log.info("daily %s: written into %s", iso, url)
+    return {"day": iso, "written": out["written"], "archive": url, "catalog": catalog_path}
 
 
 def run_daily(config_path: str, date: str | None = None, overrides: dict | None = None, force: bool = False) -> dict:

@@ -33,16 +33,12 @@ def evaluate_flow(config_path: str, start: str | None = None, end: str | None = 
     cfg = load_config(config_path, overrides)
     p = cfg.backfill_period()
     start, end = str(start or p.start), str(end or p.end)
-    url, so = cfg.archive_url, cfg.archive.storage_options
-    result = evaluate(url, so, list(cfg.variables), start, end, cfg.catalog.path, cfg.catalog.truth,
-                      cfg.catalog.observations, cfg.evaluation.holdout_fraction, cfg.assimilation.seed,
-                      cfg.training_store, cfg.assimilation.members)
+    url = cfg.archive_url
+    result = evaluate(cfg, start, end)
     day = day or pick_day(cfg, start, end)
     png = None
     if day is not None:
-        png = make_quicklook(url, so, day, cfg.quicklook_variable, quicklook_path(cfg, day, cfg.quicklook_variable),
-                             cfg.catalog.path, cfg.catalog.observations, cfg.catalog.truth,
-                             cfg.evaluation.holdout_fraction, cfg.assimilation.seed)
+        png = make_quicklook(cfg, day, quicklook_path(cfg, day, cfg.quicklook_variable))
     link = ""
     if png:
         href = png if storage.is_remote(png) else "file://" + os.path.abspath(png)

@@ -1,6 +1,6 @@
 """The analysis dataset every method returns (latent DA and all baselines): one day, physical units.
 
-Layout (DESIGN.md archive variables, for a single day)::
+Layout (the archive variables of ARCHITECTURE.md, for a single day)::
 
     <var>            (time=1, lat, lon)          ensemble mean
     <var>_spread     (time=1, lat, lon)          ensemble standard deviation (ddof=1)

@@ -1,6 +1,6 @@
 """The reanalysis archive: a Zarr v3 store pre-sized on ``time``, written one day at a time by region writes.
 
-Layout (one chunk = one day of the whole grid; DESIGN.md archive variables)::
+Layout (one chunk = one day of the whole grid; ARCHITECTURE.md, "the archive protocol")::
 
     <var>             (time, lat, lon)          float32  ensemble mean (CF attributes of the prior's fields)
     <var>_spread      (time, lat, lon)          float32  ensemble standard deviation
@@ -17,25 +17,23 @@ first every data, diagnostic and provenance variable, then the ``done`` flag; a 
 day "not done" and a rerun rewrites it identically. Days are independent chunks, so workers write concurrently
 without locks.
 
-Typical use (the plain library loop; the Prefect flow does the same per block of days on Dask)::
+Typical use (the day loop that fills it is :mod:`latentda.backfill`)::
 
     spec = archive_spec(prior, "2005-01-01", "2005-12-31", members=16)
     create_archive(url, spec, provenance={"config_hash": h})
-    assimilate_days(prior, obs_table, days, url, members=16, seed=0)
+    write_day(url, analysis, {"model_checksum": ..., "obs_hash": ..., "config_hash": h})
     missing_days(url, "2005-01-01", "2005-01-31")
 
-The training store (standardised anomalies + climatology, :func:`write_training_store`) is the other Zarr store
-of a run. No orchestration import here (numpy, pandas, xarray, zarr; dask.array for the lazy template only).
+The training store (:mod:`latentda.training_store`) is the other Zarr store of a run. No orchestration import
+here (numpy, pandas, xarray, zarr; dask.array for the lazy template only).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -46,12 +44,11 @@ from . import __version__
 from .analysis import DIAG_ATTRS, DIAGNOSTICS
 from .grid import Grid
 from . import storage
+from .runtime import git_sha, to_days
 
 __all__ = ["ArchiveSpec", "ArchiveError", "ArchiveMismatchError", "archive_spec", "template", "create_archive",
            "open_archive", "check_compatible", "write_day", "day_status", "missing_days", "done_days",
-           "validate_archive", "assimilate_day", "assimilate_days", "observations_for_day", "table_hash",
-           "git_sha", "hexdigest", "to_days", "torch_threads", "write_training_store", "open_training_store",
-           "training_fields"]
+           "validate_archive", "hexdigest"]
 
 DONE = "done"
 HASH_DIM = "sha256_byte"
@@ -73,29 +70,6 @@ class ArchiveMismatchError(ArchiveError, ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def to_days(values: Any) -> list[pd.Timestamp]:
-    """Normalise a date, string or iterable of them to a list of midnight Timestamps (no time zone)."""
-    if isinstance(values, (str, _dt.date, np.datetime64, pd.Timestamp)):
-        values = [values]
-    out = []
-    for v in values:
-        t = pd.Timestamp(v)
-        if t.tzinfo is not None:
-            t = t.tz_convert("UTC").tz_localize(None)
-        out.append(t.normalize())
-    return out
-
-
-def table_hash(df: pd.DataFrame) -> str:
-    """sha256 of a table's content (column names, dtypes and values, row order included), hex."""
-    h = hashlib.sha256()
-    cols = list(df.columns)
-    h.update(json.dumps([[str(c), str(df[c].dtype)] for c in cols]).encode())
-    if len(df):
-        h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
-    return h.hexdigest()
-
-
 def _hash_bytes(hexstr: str | None) -> np.ndarray:
     if not hexstr:
         return np.zeros(32, dtype=np.uint8)
@@ -109,42 +83,6 @@ def hexdigest(arr: xr.DataArray | np.ndarray) -> str | list[str]:
     if a.ndim == 1:
         return a.tobytes().hex() if a.any() else ""
     return [row.tobytes().hex() if row.any() else "" for row in a]
-
-
-def git_sha(start: str | os.PathLike | None = None) -> str:
-    """The commit of the checkout holding this package (read from .git without running git); 'unknown' if none."""
-    here = Path(start or __file__).resolve()
-    for d in [here, *here.parents]:
-        g = d / ".git"
-        if g.is_file():  # worktree: "gitdir: PATH"
-            txt = g.read_text().strip()
-            if txt.startswith("gitdir:"):
-                g = (d / txt.split(":", 1)[1].strip()).resolve()
-        if not g.is_dir():
-            continue
-        try:
-            head = (g / "HEAD").read_text().strip()
-            if not head.startswith("ref:"):
-                return head
-            ref = head.split(":", 1)[1].strip()
-            for base in (g, _common_dir(g)):
-                p = base / ref
-                if p.is_file():
-                    return p.read_text().strip()
-                packed = base / "packed-refs"
-                if packed.is_file():
-                    for line in packed.read_text().splitlines():
-                        if line.endswith(" " + ref):
-                            return line.split()[0]
-        except OSError:
-            return "unknown"
-        return "unknown"
-    return "unknown"
-
-
-def _common_dir(g: Path) -> Path:
-    c = g / "commondir"
-    return (g / c.read_text().strip()).resolve() if c.is_file() else g
 
 
 def _store(url: str, storage_options: Mapping[str, Any] | None, read_only: bool = False):
@@ -533,136 +471,3 @@ def validate_archive(url: str, storage_options: Mapping[str, Any] | None = None,
     return report
 
 
-# ------------------------------------------------------------------------------------ the library loop
-def observations_for_day(observations: pd.DataFrame, day: Any, exclude_stations: Iterable[str] | None = None
-                         ) -> pd.DataFrame:
-    """The rows of ``observations`` on ``day`` (by the date of ``time``), minus ``exclude_stations``."""
-    if "time" not in observations.columns:
-        raise ValueError(f"the observation table has no 'time' column; it has {list(observations.columns)}")
-    d = to_days(day)[0]
-    t = pd.to_datetime(observations["time"])
-    if getattr(t.dt, "tz", None) is not None:
-        t = t.dt.tz_convert("UTC").dt.tz_localize(None)
-    rows = observations[(t.dt.normalize() == d).values]
-    if exclude_stations is not None and "station_id" in rows.columns:
-        ex = set(map(str, exclude_stations))
-        if ex:
-            rows = rows[~rows["station_id"].astype(str).isin(ex).values]
-    return rows.reset_index(drop=True)
-
-
-def assimilate_day(prior, observations: pd.DataFrame, day: Any, members: int, seed: int,
-                   members_to_keep: int = 0, options: Mapping[str, Any] | None = None) -> xr.Dataset:
-    """One day's analysis: ``latentda.assimilate`` with the run's base ``seed`` (it derives each day's and member's
-    draws from ``SeedSequence([seed, day, ...])``, so the same call in a notebook reproduces the archived day)."""
-    from . import assimilate  # lazy: latentda.da pulls in torch
-
-    d = to_days(day)[0]
-    return assimilate(prior, observations, d, members=int(members), seed=int(seed),
-                      keep_members=bool(members_to_keep), options=options)
-
-
-def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], url: str, *, members: int,
-                    seed: int, members_to_keep: int = 0, options: Mapping[str, Any] | None = None,
-                    config_hash: str | None = None, storage_options: Mapping[str, Any] | None = None,
-                    exclude_stations: Iterable[str] | None = None, skip_done: bool = False,
-                    progress=None, threads: int | None = 1) -> list[str]:
-    """Assimilate and write each of ``days`` into the archive at ``url``; returns the ISO dates written.
-
-    This is the plain library loop: the reanalysis flow calls it once per block of days on a Dask worker, so both
-    write the same bytes. ``skip_done`` leaves days already marked done alone. ``progress``: a callable
-    ``progress(day_iso)`` called after each day. ``threads``: torch intra-op threads during the assimilation
-    (restored afterwards). The float32 reductions round differently with another thread count, so keep it
-    fixed (default 1, as on a Dask worker) for byte-identical archives whatever machine or layout runs a day;
-    None leaves torch's setting alone.
-    """
-    checksum = prior.checksum()
-    exclude = list(exclude_stations or [])
-    todo = to_days(list(days))
-    if skip_done:
-        missing = {d for d in missing_days(url, min(todo), max(todo), storage_options)} if todo else set()
-        todo = [d for d in todo if d in missing]
-    written = []
-    for d in todo:
-        obs = observations_for_day(observations, d, exclude)
-        with torch_threads(threads):
-            ana = assimilate_day(prior, obs, d, members, seed, members_to_keep, options)
-        write_day(url, ana, {"model_checksum": checksum, "obs_hash": table_hash(obs), "config_hash": config_hash},
-                  storage_options, members_to_keep=members_to_keep)
-        written.append(str(d.date()))
-        if progress is not None:
-            progress(written[-1])
-    return written
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run the block with ``n`` torch intra-op threads (process-wide; restored afterwards). None: unchanged."""
-    if not n:
-        yield
-        return
-    import torch
-
-    old = torch.get_num_threads()
-    if old != n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
-
-
-# ------------------------------------------------------------------------------------------ training store
-def write_training_store(fields: xr.Dataset, variables: Sequence[str], url: str, n_harmonics: int = 0,
-                         attrs: Mapping[str, Any] | None = None,
-                         storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Fit the climatology of ``fields`` (physical units, time/lat/lon) and write the standardised anomalies
-    (root, float32, ~1 year per chunk) and the climatology coefficients (group ``climatology``) to a Zarr store.
-
-    Replaces whatever is at ``url`` (the training store is derived data). ``attrs`` go into the root attributes
-    (e.g. the ingest key). Returns ``{"url", "days", "start", "end"}``.
-    """
-    from .fields import check_variables
-    from .grid import normalize_grid
-    from .normalization import fit_climatology, to_anomalies
-
-    fields = normalize_grid(fields)
-    check_variables(fields, variables)
-    if fields.sizes.get("time", 0) < 2:
-        raise ValueError(f"training fields need at least 2 days, got {fields.sizes.get('time', 0)}")
-    clim = fit_climatology(fields, variables, n_harmonics=n_harmonics)
-    anoms = to_anomalies(fields[list(variables)], clim, variables)
-    anoms = xr.Dataset({v: anoms[v].astype(np.float32) for v in variables})
-    for v in variables:
-        anoms[v].attrs["physical_units"] = fields[v].attrs.get("units", "")
-    anoms.attrs = {f"latentda:{k}" if not k.startswith("latentda:") else k: (
-        v if isinstance(v, (str, int, float)) else json.dumps(v, sort_keys=True, default=str))
-        for k, v in (attrs or {}).items()}
-    nt = anoms.sizes["time"]
-    enc = {v: {"chunks": (min(nt, 366), *anoms[v].shape[1:])} for v in variables}
-    enc["time"] = dict(TIME_ENCODING)
-    anoms.to_zarr(_store(url, storage_options), mode="w", zarr_format=3, consolidated=False, encoding=enc)
-    clim.to_zarr(_store(url, storage_options), group="climatology", mode="w", zarr_format=3, consolidated=False)
-    t = pd.DatetimeIndex(anoms["time"].values)
-    return {"url": url, "days": int(nt), "start": str(t[0].date()), "end": str(t[-1].date())}
-
-
-def open_training_store(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[xr.Dataset, xr.Dataset]:
-    """``(anomalies, climatology)`` of a training store written by :func:`write_training_store` (loaded)."""
-    if not _exists(url, storage_options):
-        raise FileNotFoundError(f"no training store at {_show(url)}; run the ingest step first")
-    anoms = xr.open_zarr(_store(url, storage_options, read_only=True), consolidated=False, chunks=None,
-                         zarr_format=3).load()
-    clim = xr.open_zarr(_store(url, storage_options, read_only=True), group="climatology", consolidated=False,
-                        chunks=None, zarr_format=3).load()
-    return anoms, clim
-
-
-def training_fields(url: str, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
-    """The training fields in physical units (anomalies x std + mean), CF attributes restored."""
-    from .normalization import from_anomalies
-
-    anoms, clim = open_training_store(url, storage_options)
-    phys = from_anomalies(anoms, clim)
-    return xr.Dataset({v: phys[v].astype(np.float32) for v in clim.attrs["variables"]}, attrs=dict(anoms.attrs))

@@ -1,6 +1,6 @@
 """Regular latitude/longitude grids: normalisation at the boundary and area weights.
 
-Convention (DESIGN.md): dimensions ``lat`` (degrees north, ascending after normalisation) and ``lon`` (degrees
+Convention (ARCHITECTURE.md, "conventions"): dimensions ``lat`` (degrees north, ascending after normalisation) and ``lon`` (degrees
 east in [0, 360), ascending). Input with descending latitude, longitudes in [-180, 180) or the names
 ``latitude``/``longitude`` is accepted and normalised once, here.
 """

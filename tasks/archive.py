@@ -7,7 +7,6 @@ input), and a per-process cache of loaded priors.
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from typing import Any, Mapping
 
@@ -17,7 +16,9 @@ from prefect.utilities.hashing import hash_objects
 
 import latentda
 from latentda import archive as lib
-from latentda import storage
+from latentda import backfill, storage
+from latentda.config import RunConfig
+from latentda.runtime import git_sha
 
 from . import catalog as catalog_io
 
@@ -28,7 +29,7 @@ class LatentdaVersion(CachePolicy):
     """Cache-key component: the latentda package version and the git commit of the checkout."""
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
-        return hash_objects(latentda.__version__, lib.git_sha())
+        return hash_objects(latentda.__version__, git_sha())
 
 
 #: Cache policy of the cached tasks (ingest, train): inputs (which include the config hash) + task source +
@@ -72,55 +73,41 @@ def load_prior_cached(path: str, device: str = "cpu", storage_options: Mapping[s
         return _PRIORS[key]
 
 
-def spec_from(prior, start: str, end: str, members: int, members_to_keep: int, variables) -> lib.ArchiveSpec:
-    return lib.archive_spec(prior, start, end, members, members_to_keep, variables)
-
-
 # ---------------------------------------------------------------------------------------------------- tasks
 @task(name="init-archive", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
-def init_archive(url: str, storage_options: dict, prior_path: str, start: str, end: str, members: int,
-                 members_to_keep: int, variables: list[str], provenance: dict) -> str:
-    """Create the pre-sized archive (metadata only) or check an existing one against the config.
+def init_archive(config: RunConfig) -> str:
+    """Create the run's pre-sized archive (metadata only) or check an existing one against the config.
 
     Returns ``"created"`` or ``"exists"``; a mismatching store raises ArchiveMismatchError (never overwritten).
     """
-    prior = load_prior_cached(prior_path, "cpu")
-    spec = spec_from(prior, start, end, members, members_to_keep, variables)
-    prov = dict(provenance)
-    prov.setdefault("model_checksum", prior.checksum())
-    status = lib.create_archive(url, spec, provenance=prov, storage_options=storage_options)
+    prior = load_prior_cached(config.prior_path, "cpu", config.archive.storage_options)
+    status, made_with = backfill.ensure_archive(config, prior)
     log = get_run_logger()
-    log.info("archive %s: %s (%s..%s, %d days)", storage.redact(url), status, start, end, len(spec.times))
-    if status == "exists":
-        made_with = lib.open_archive(url, storage_options).attrs.get("latentda:model_checksum")
-        if made_with and made_with != prov["model_checksum"]:
-            log.warning("the archive was created with prior %s; days written now use prior %s (each day records "
-                        "its prior in model_sha256)", made_with[:12], prov["model_checksum"][:12])
+    log.info("archive %s: %s (%s..%s)", storage.redact(config.archive_url), status, config.archive.start,
+             config.archive.end)
+    if made_with:
+        log.warning("the archive was created with prior %s; days written now use prior %s (each day records "
+                    "its prior in model_sha256)", made_with[:12], prior.checksum()[:12])
     return status
 
 
 @task(name="missing-days", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
-def missing_days(url: str, storage_options: dict, start: str, end: str) -> list[str]:
-    """ISO dates of ``start..end`` whose done flag is not set in the archive."""
-    return [str(d.date()) for d in lib.missing_days(url, start, end, storage_options)]
+def missing_days(config: RunConfig, start: str, end: str) -> list[str]:
+    """ISO dates of ``start..end`` whose done flag is not set in the run's archive."""
+    return [str(d.date()) for d in lib.missing_days(config.archive_url, start, end,
+                                                    config.archive.storage_options)]
 
 
 @task(name="validate-archive", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
-def validate_archive(url: str, storage_options: dict, start: str | None = None, end: str | None = None) -> dict:
-    """Every done day has finite fields and provenance; returns the report (raises ArchiveError if not)."""
-    return lib.validate_archive(url, storage_options, start=start, end=end)
+def validate_archive(config: RunConfig, start: str | None = None, end: str | None = None) -> dict:
+    """Every done day of the run's archive has finite fields and provenance; returns the report (raises
+    ArchiveError if not)."""
+    return lib.validate_archive(config.archive_url, config.archive.storage_options, start=start, end=end)
 
 
 @task(name="register-archive", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
-def register_archive(catalog_path: str, name: str, url: str, storage_options: dict, description: str,
-                     metadata: dict) -> str:
-    """Add or replace entry ``name`` (driver zarr, storage options without secrets) in the output catalog."""
-    return catalog_io.register_zarr_source(catalog_path, name, url, storage_options=storage_options,
-                                           description=description, metadata=metadata)
-
-
-def archive_exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
-    """Whether something exists at ``url`` (plain helper for flows)."""
-    if not storage.is_remote(url):
-        return os.path.exists(url)
-    return storage.exists(url, storage_options or None)
+def register_archive(config: RunConfig) -> str:
+    """Add or replace the run's entry in the output catalog (driver zarr, storage options without secrets)."""
+    entry = catalog_io.ZarrEntry(config.archive.name, config.archive_url, config.archive.storage_options,
+                                 backfill.catalog_description(config), backfill.catalog_metadata(config))
+    return catalog_io.register_zarr_source(config.output_catalog, entry)

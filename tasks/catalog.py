@@ -1,6 +1,8 @@
 """Open catalog entries (Intake) with errors that name the bad entry and what the catalog has."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from pathlib import Path
 
@@ -41,9 +43,20 @@ def entry_metadata(catalog_path: str | os.PathLike, name: str) -> dict:
     return dict(getattr(entry(open_catalog(catalog_path), name), "metadata", None) or {})
 
 
-def register_zarr_source(catalog_path: str | os.PathLike, name: str, url: str, storage_options: dict | None = None,
-                         description: str = "", metadata: dict | None = None) -> str:
-    """Add or replace a ``driver: zarr`` (intake-xarray) entry ``name`` in the v1 YAML catalog at ``catalog_path``.
+@dataclasses.dataclass(frozen=True)
+class ZarrEntry:
+    """An output-catalog entry: its name, the store's URL and storage options (secrets are never written), a
+    description and metadata."""
+
+    name: str
+    url: str
+    storage_options: dict | None = None
+    description: str = ""
+    metadata: dict | None = None
+
+
+def register_zarr_source(catalog_path: str | os.PathLike, entry: ZarrEntry) -> str:
+    """Add or replace a ``driver: zarr`` (intake-xarray) entry in the v1 YAML catalog at ``catalog_path``.
 
     The file is created if missing and other entries are kept. A local archive inside the catalog's folder tree
     is written relative to ``{{ CATALOG_DIR }}``. Storage options are written without secrets (credentials come
@@ -55,6 +68,8 @@ def register_zarr_source(catalog_path: str | os.PathLike, name: str, url: str, s
     from latentda import storage
     from latentda.config import redact_storage_options
 
+    name, url, storage_options = entry.name, entry.url, entry.storage_options
+    description, metadata = entry.description, entry.metadata
     p = Path(catalog_path)
     data = yaml.safe_load(p.read_text()) if p.exists() else None
     if data is None:

@@ -5,21 +5,24 @@ import json
 
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.utilities.hashing import hash_objects
 
 import latentda
-from latentda import archive as lib
 from latentda import storage
+from latentda.config import RunConfig
 from latentda.grid import normalize_grid
+from latentda.training_store import open_training_store, write_training_store
 
 from . import catalog as catalog_io
-from .archive import CACHE_POLICY, retry_on_io
+from .archive import retry_on_io
 
 
-def train_period(catalog_path: str, fields_entry: str, start: str | None, end: str | None) -> tuple[str, str]:
+def train_period(config: RunConfig) -> tuple[str, str]:
     """The training period: the config's, else the entry's ``train_period`` metadata (clear error if neither)."""
-    if start and end:
-        return str(start), str(end)
+    catalog_path, fields_entry = config.catalog.path, config.catalog.fields
+    if config.train.start is not None and config.train.end is not None:
+        return str(config.train.start), str(config.train.end)
     meta = catalog_io.entry_metadata(catalog_path, fields_entry)
     period = meta.get("train_period")
     if not period or len(period) != 2:
@@ -28,34 +31,39 @@ def train_period(catalog_path: str, fields_entry: str, start: str | None, end: s
     return str(period[0]), str(period[1])
 
 
-def ingest_key(catalog_path: str, fields_entry: str, variables: list[str], start: str, end: str,
-               n_harmonics: int) -> str:
-    """What determines the training store (the catalog file's own content included)."""
-    with storage.open(catalog_path, "rb") as f:
+def ingest_key(config: RunConfig, start: str, end: str) -> str:
+    """What determines the training store: the catalog file's own content, the fields entry, the variables, the
+    training period ``start..end``, the climatology harmonics and the latentda version."""
+    with storage.open(config.catalog.path, "rb") as f:
         cat_bytes = f.read()
-    return hash_objects(cat_bytes, fields_entry, list(variables), str(start), str(end), int(n_harmonics),
-                        latentda.__version__)
+    return hash_objects(cat_bytes, config.catalog.fields, list(config.variables), str(start), str(end),
+                        int(config.prior.n_harmonics), latentda.__version__)
 
 
-@task(name="ingest", cache_policy=CACHE_POLICY, persist_result=True, retries=2, retry_delay_seconds=5,
+@task(name="ingest", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_on_io)
-def ingest(catalog_path: str, fields_entry: str, variables: list[str], start: str | None, end: str | None,
-           n_harmonics: int, out_url: str, config_hash: str, storage_options: dict | None = None) -> dict:
-    """Training fields of ``fields_entry`` (read ONLY through the catalog) over ``start..end`` -> training store.
+def ingest(config: RunConfig, refresh: bool = False) -> dict:
+    """The run's training fields (entry ``catalog.fields``, read ONLY through the catalog) over the training
+    period -> the run's training store.
 
-    Skips the work when ``out_url`` already holds a store with the same ingest key. Returns a reference
-    ``{"url", "key", "days", "start", "end"}``.
+    Skips the work when the store already exists with the same ingest key (what determines its content: the
+    catalog file, entry, variables, period, harmonics, latentda version), unless ``refresh``. No Prefect result
+    cache: the store itself is checked. Returns ``{"url", "key", "days", "start", "end", "cached"}``.
     """
     log = get_run_logger()
-    start, end = train_period(catalog_path, fields_entry, start, end)
-    key = ingest_key(catalog_path, fields_entry, variables, start, end, n_harmonics)
+    catalog_path, fields_entry, variables = config.catalog.path, config.catalog.fields, list(config.variables)
+    n_harmonics, out_url = int(config.prior.n_harmonics), config.training_store
+    storage_options = dict(config.archive.storage_options) or None
+    start, end = train_period(config)
+    key = ingest_key(config, start, end)
     try:
-        anoms, _ = lib.open_training_store(out_url, storage_options)
-        if anoms.attrs.get("latentda:ingest_key") == key:
-            log.info("training store %s is up to date (%d days)", storage.redact(out_url), anoms.sizes["time"])
+        anoms, _ = open_training_store(out_url, storage_options)
+        if anoms.attrs.get("latentda:ingest_key") == key and not refresh:
+            log.info("training store %s is up to date (%d days): cached", storage.redact(out_url),
+                     anoms.sizes["time"])
             t = pd.DatetimeIndex(anoms["time"].values)
             return {"url": out_url, "key": key, "days": int(t.size), "start": str(t[0].date()),
-                    "end": str(t[-1].date())}
+                    "end": str(t[-1].date()), "cached": True}
     except FileNotFoundError:
         pass
     ds = catalog_io.read_fields(catalog_path, fields_entry)
@@ -70,7 +78,7 @@ def ingest(catalog_path: str, fields_entry: str, variables: list[str], start: st
     log.info("ingesting %d days x %d variables of %r (%s..%s)", ds.sizes["time"], len(variables), fields_entry,
              start, end)
     attrs = {"ingest_key": key, "catalog": json.dumps({"path": str(catalog_path), "entry": fields_entry}),
-             "period": f"{start}/{end}", "config_hash": config_hash}
-    ref = lib.write_training_store(ds, variables, out_url, n_harmonics=n_harmonics, attrs=attrs,
-                                   storage_options=storage_options)
-    return dict(ref, key=key)
+             "period": f"{start}/{end}", "config_hash": config.hash}
+    ref = write_training_store(ds, variables, out_url, n_harmonics=n_harmonics, attrs=attrs,
+                               storage_options=storage_options)
+    return dict(ref, key=key, cached=False)

@@ -12,6 +12,8 @@ import pytest
 import xarray as xr
 
 from latentda import archive as lib
+from latentda.backfill import DaySettings, assimilate_days, observations_for_day
+from latentda.runtime import table_hash
 from latentda.grid import Grid
 
 OPTS = {"max_iter": 25}
@@ -27,6 +29,10 @@ def _zarr_json_bytes(url: str) -> dict[str, bytes]:
     return out
 
 
+def _settings(url: str) -> DaySettings:
+    return DaySettings(url=url, members=MEMBERS, seed=0, members_to_keep=2, options=OPTS, config_hash="c" * 64)
+
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory, tiny_prior_path, world):
     """An archive of 2005-01-01..10 with days 02..04 written by the library loop (2 members kept)."""
@@ -36,8 +42,7 @@ def written(tmp_path_factory, tiny_prior_path, world):
     assert lib.create_archive(url, spec, {"config_hash": "c" * 64, "model_checksum": prior.checksum(),
                                           "catalog": {"fields": "fields"}}) == "created"
     days = ["2005-01-02", "2005-01-03", "2005-01-04"]
-    out = lib.assimilate_days(prior, world.obs, days, url, members=MEMBERS, seed=0, members_to_keep=2,
-                              options=OPTS, config_hash="c" * 64)
+    out = assimilate_days(prior, world.obs, days, _settings(url))
     assert out == days
     return url, spec, prior
 
@@ -76,8 +81,8 @@ def test_written_days_done_with_per_day_provenance(written, world):
                                                                   pd.Timestamp("2005-01-05")]
     assert lib.hexdigest(ds.model_sha256.values[1]) == prior.checksum()
     assert lib.hexdigest(ds.config_sha256.values[1]) == "c" * 64
-    obs_day = lib.observations_for_day(world.obs, "2005-01-02")
-    assert lib.hexdigest(ds.obs_sha256.values[1]) == lib.table_hash(obs_day)
+    obs_day = observations_for_day(world.obs, "2005-01-02")
+    assert lib.hexdigest(ds.obs_sha256.values[1]) == table_hash(obs_day)
     assert lib.hexdigest(ds.model_sha256.values[0]) == ""
     assert (ds.obs_used.values[1:4] > 0).all()
     assert np.isfinite(ds[spec.variables[0]].values[1:4]).all()
@@ -88,8 +93,7 @@ def test_written_days_done_with_per_day_provenance(written, world):
 def test_rerun_rewrites_identical_bytes_and_crash_before_flag_leaves_day_not_done(written, world, monkeypatch):
     url, spec, prior = written
     before = _zarr_json_bytes(url)
-    lib.assimilate_days(prior, world.obs, ["2005-01-03"], url, members=MEMBERS, seed=0, members_to_keep=2,
-                        options=OPTS, config_hash="c" * 64)
+    assimilate_days(prior, world.obs, ["2005-01-03"], _settings(url))
     assert _zarr_json_bytes(url) == before  # every file, metadata and chunks, byte for byte
 
     # a crash after the data and before the done flag: the day stays "not done"
@@ -98,14 +102,12 @@ def test_rerun_rewrites_identical_bytes_and_crash_before_flag_leaves_day_not_don
 
     monkeypatch.setattr(lib, "_write_done", crash)
     with pytest.raises(KeyboardInterrupt):
-        lib.assimilate_days(prior, world.obs, ["2005-01-05"], url, members=MEMBERS, seed=0, members_to_keep=2,
-                            options=OPTS, config_hash="c" * 64)
+        assimilate_days(prior, world.obs, ["2005-01-05"], _settings(url))
     monkeypatch.undo()
     assert pd.Timestamp("2005-01-05") in lib.missing_days(url, "2005-01-01", "2005-01-10")
     lib.validate_archive(url)  # a not-done day with data is fine
     # resume: skip_done leaves done days alone and completes the missing one
-    w = lib.assimilate_days(prior, world.obs, ["2005-01-04", "2005-01-05"], url, members=MEMBERS, seed=0,
-                            members_to_keep=2, options=OPTS, config_hash="c" * 64, skip_done=True)
+    w = assimilate_days(prior, world.obs, ["2005-01-04", "2005-01-05"], _settings(url), skip_done=True)
     assert w == ["2005-01-05"]
     assert lib.missing_days(url, "2005-01-05", "2005-01-05") == []
 
@@ -169,15 +171,16 @@ def test_provenance_refuses_credentials(tmp_path, tiny_prior_path):
 def test_output_catalog_opens_archive_lazily_with_intake(written, tmp_path):
     import intake
     import dask.array as dsa
-    from tasks.catalog import register_zarr_source
+    from tasks.catalog import ZarrEntry, register_zarr_source
 
     url, spec, _ = written
     cat_path = tmp_path / "cats" / "reanalysis.yaml"
-    register_zarr_source(cat_path, "rean", url, storage_options={}, description="test", metadata={"x": 1})
+    register_zarr_source(cat_path, ZarrEntry("rean", url, storage_options={}, description="test",
+                                             metadata={"x": 1}))
     # a second entry with secrets in its storage options: written without them
-    register_zarr_source(cat_path, "remote", "s3://bucket/r.zarr",
-                         storage_options={"endpoint_url": "http://127.0.0.1:1", "key": "AKIA-LEAK",
-                                          "secret": "SHOULD-NOT-LEAK"})
+    register_zarr_source(cat_path, ZarrEntry("remote", "s3://bucket/r.zarr",
+                                             storage_options={"endpoint_url": "http://127.0.0.1:1",
+                                                              "key": "AKIA-LEAK", "secret": "SHOULD-NOT-LEAK"}))
     text = cat_path.read_text()
     assert "SHOULD-NOT-LEAK" not in text and "AKIA-LEAK" not in text and "endpoint_url" in text
     cat = intake.open_catalog(str(cat_path))
@@ -208,5 +211,5 @@ def test_evaluation_and_quicklook(written, world, tmp_path):
     st = ev.skill_vs_stations(ds, world.obs[world.obs.station_id.isin(held)], spec.variables)
     assert (st["n"] > 0).all() and (st["rms"] > 0).all()
     png = quicklook(ds.isel(time=[0]), spec.variables[0], tmp_path / "q.png",
-                    observations=lib.observations_for_day(world.obs, "2005-01-02"), truth=world.fields)
+                    observations=observations_for_day(world.obs, "2005-01-02"), truth=world.fields)
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

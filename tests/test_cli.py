@@ -10,6 +10,7 @@ import yaml
 
 from flows.cli import PASS_THROUGH, build_parser, main
 from latentda import archive as lib
+from latentda.backfill import DaySettings, assimilate_days
 
 COMMANDS = ["demo", "train", "backfill", "daily", "status", "evaluate", "quicklook"]
 INPROC = {"profile": "local", "n_workers": 2, "threads_per_worker": 1, "options": {"processes": False}}
@@ -76,8 +77,8 @@ def test_status_reports_done_and_missing_days(tmp_path, world, tiny_prior_path, 
     url = str(tmp_path / "archive.zarr")
     spec = lib.archive_spec(prior, "2005-01-01", "2005-01-10", members=4)
     lib.create_archive(url, spec)
-    lib.assimilate_days(prior, world.obs, ["2005-01-02", "2005-01-03", "2005-01-06"], url, members=4, seed=0,
-                        options={"max_iter": 10})
+    assimilate_days(prior, world.obs, ["2005-01-02", "2005-01-03", "2005-01-06"],
+                    DaySettings(url=url, members=4, seed=0, options={"max_iter": 10}))
     assert main(["status", "--config", cfg_path]) == 0
     out = capsys.readouterr().out
     assert "range    2005-01-01..2005-01-10 (10 days)" in out

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from latentda import archive as lib
+from latentda.runtime import table_hash
 from servers import BUCKET_PREFIX, MotoServer, PausableProxy, list_objects, make_bucket, s3_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,17 +29,18 @@ FAILURE = [pytest.mark.failure, pytest.mark.slow]
 # ------------------------------------------------------------------------------------------------ helpers
 def library_reference(cfg, days, url: str, observations: pd.DataFrame, storage_options=None) -> None:
     """The uninterrupted run: the plain library loop over ``days`` into ``url`` (same inputs as the flow)."""
+    import dataclasses
+
     import latentda
-    from flows.reanalysis import provenance
+    from latentda import backfill
 
     prior = latentda.load_prior(cfg.prior_path, device="cpu")
     spec = lib.archive_spec(prior, cfg.archive.start, cfg.archive.end, cfg.assimilation.members,
                             cfg.members_to_keep, cfg.variables)
-    lib.create_archive(url, spec, dict(provenance(cfg), model_checksum=prior.checksum()),
+    lib.create_archive(url, spec, dict(backfill.archive_provenance(cfg), model_checksum=prior.checksum()),
                        storage_options=storage_options)
-    lib.assimilate_days(prior, observations, days, url, members=cfg.assimilation.members, seed=cfg.assimilation.seed,
-                        members_to_keep=cfg.members_to_keep, options=cfg.assimilation.options,
-                        config_hash=cfg.hash, threads=cfg.assimilation.threads, storage_options=storage_options)
+    settings = dataclasses.replace(backfill.DaySettings.from_config(cfg), url=url, storage_options=storage_options)
+    backfill.assimilate_days(prior, observations, days, settings)
 
 
 def chunk_files(root: str) -> dict[str, bytes]:
@@ -356,7 +358,7 @@ def test_fuzzed_observation_tables_get_qc_reasons_or_clear_errors(tiny_prior_pat
         for v in prior.variables:
             bad = int((~np.isfinite(ana[v].values)).sum() + (~np.isfinite(ana[f"{v}_spread"].values)).sum())
             assert bad == 0, f"{v}: {bad} non-finite analysis values (qc {qc}); this table must be refused or QC'd"
-        lib.write_day(url, ana, {"model_checksum": prior.checksum(), "obs_hash": lib.table_hash(df),
+        lib.write_day(url, ana, {"model_checksum": prior.checksum(), "obs_hash": table_hash(df),
                                  "config_hash": "fuzz"})
         outcomes["analysed"] += 1
 

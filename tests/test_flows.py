@@ -51,8 +51,10 @@ def backfilled(tmp_path_factory, world):
 
 @pytest.mark.slow
 def test_backfill_two_workers_writes_same_bytes_as_library_loop(backfilled, world, tmp_path):
+    import dataclasses
+
     import latentda
-    from flows.reanalysis import provenance
+    from latentda import backfill
 
     cfg_path, summary = backfilled
     cfg = load_config(cfg_path)
@@ -66,10 +68,9 @@ def test_backfill_two_workers_writes_same_bytes_as_library_loop(backfilled, worl
     url2 = str(tmp_path / "library.zarr")
     spec = lib.archive_spec(prior, cfg.archive.start, cfg.archive.end, cfg.assimilation.members,
                             cfg.members_to_keep, cfg.variables)
-    lib.create_archive(url2, spec, dict(provenance(cfg), model_checksum=prior.checksum()))
-    lib.assimilate_days(prior, world.obs, summary["written"], url2, members=cfg.assimilation.members,
-                        seed=cfg.assimilation.seed, members_to_keep=cfg.members_to_keep,
-                        options=cfg.assimilation.options, config_hash=cfg.hash, threads=cfg.assimilation.threads)
+    lib.create_archive(url2, spec, dict(backfill.archive_provenance(cfg), model_checksum=prior.checksum()))
+    settings = dataclasses.replace(backfill.DaySettings.from_config(cfg), url=url2)
+    backfill.assimilate_days(prior, world.obs, summary["written"], settings)
     a, b = lib.open_archive(cfg.archive_url), lib.open_archive(url2)
     assert sorted(a.data_vars) == sorted(b.data_vars)
     for v in a.data_vars:
@@ -118,24 +119,25 @@ def test_output_catalog_gives_the_archive_lazily(backfilled):
 @pytest.mark.slow
 def test_failed_block_then_rerun_completes_only_missing_days(tmp_path, world, monkeypatch):
     from flows.reanalysis import run_reanalysis
+    from latentda import backfill
 
     cfg_path = world.write_config(tmp_path, cluster=INPROC, assimilation={"block_days": 2})
     cfg = load_config(cfg_path)
     # 1. a run over only part of the range
     s1 = run_reanalysis(cfg_path, "2005-01-01", "2005-01-03", progress=False, evaluate_skill=False)
     assert s1["written"] == ["2005-01-01", "2005-01-02", "2005-01-03"]
-    # 2. a run over more days in which one block fails part-way (day 05 raises; 04 of its block is written)
-    real = lib.assimilate_day
+    # 2. a run over more days in which one day fails (day 05 raises; the other days are written)
+    real = backfill.assimilate_day
 
     def flaky(prior, obs, day, *a, **k):
-        if lib.to_days(day)[0] == pd.Timestamp("2005-01-05"):
+        if pd.Timestamp(day).normalize() == pd.Timestamp("2005-01-05"):
             raise RuntimeError("injected failure on 2005-01-05")
         return real(prior, obs, day, *a, **k)
 
-    monkeypatch.setattr(lib, "assimilate_day", flaky)
-    with pytest.raises(RuntimeError, match="1 of 3 block"):
+    monkeypatch.setattr(backfill, "assimilate_day", flaky)
+    with pytest.raises(RuntimeError, match="1 of 5 day.*2005-01-05: RuntimeError: injected failure"):
         run_reanalysis(cfg_path, "2005-01-01", "2005-01-08", progress=False, evaluate_skill=False)
-    monkeypatch.setattr(lib, "assimilate_day", real)
+    monkeypatch.setattr(backfill, "assimilate_day", real)
     assert [str(d.date()) for d in lib.missing_days(cfg.archive_url, "2005-01-01", "2005-01-08")] == ["2005-01-05"]
     lib.validate_archive(cfg.archive_url)
     # 3. the rerun does exactly the missing day, in one block
@@ -150,8 +152,8 @@ def test_failed_block_then_rerun_completes_only_missing_days(tmp_path, world, mo
 def test_daily_writes_one_day_then_skips(tmp_path, world):
     from flows.daily import run_daily
 
-    from tasks.assimilate import holdout_for
-    from tasks.evaluate import evaluate_archive
+    from latentda.backfill import holdout_for, observations_for_day
+    from latentda.report import evaluate_archive
 
     cfg_path = world.write_config(tmp_path, cluster=INPROC, evaluation={"holdout_fraction": 0.3})
     cfg = load_config(cfg_path)
@@ -159,12 +161,11 @@ def test_daily_writes_one_day_then_skips(tmp_path, world):
     assert out["written"] == ["2005-01-07"]
     assert lib.done_days(cfg.archive_url) == [pd.Timestamp("2005-01-07")]
     # held-out stations were not assimilated; the evaluation scores the analysis at them
-    held = holdout_for(world.obs, 0.3, cfg.assimilation.seed)
-    day_obs = lib.observations_for_day(world.obs, "2005-01-07")
+    held = holdout_for(cfg, world.obs)
+    day_obs = observations_for_day(world.obs, "2005-01-07")
     used = int(lib.open_archive(cfg.archive_url).obs_used.sel(time="2005-01-07"))
     assert held and used == int((~day_obs.station_id.isin(held)).sum())
-    ev = evaluate_archive(cfg.archive_url, {}, cfg.variables, "2005-01-07", "2005-01-07", cfg.catalog.path,
-                          None, cfg.catalog.observations, 0.3, cfg.assimilation.seed)
+    ev = evaluate_archive(cfg, "2005-01-07", "2005-01-07", observations=world.obs)
     assert ev["days"] == 1 and set(ev["stations"]) == set(cfg.variables)
     assert all(r["n"] == int(day_obs.station_id.isin(held).sum()) // len(cfg.variables)
                for r in ev["stations"].values())
@@ -182,7 +183,9 @@ def test_train_flow_ingests_through_catalog_and_reuses(tmp_path, world):
     cfg = load_config(cfg_path)
     out = run_train(cfg_path, progress=False)
     assert out["trained"] and Path(prior_path).exists() and not out["gpu"]
-    anoms, clim = lib.open_training_store(cfg.training_store)
+    from latentda.training_store import open_training_store
+
+    anoms, clim = open_training_store(cfg.training_store)
     assert anoms.sizes["time"] == 366 and str(anoms.time.values[0])[:10] == "2004-01-01"
     assert set(cfg.variables) <= set(anoms.data_vars) and clim.attrs["variables"] == cfg.variables
     assert abs(float(anoms[cfg.variables[0]].mean())) < 0.1
@@ -239,6 +242,6 @@ def test_split_blocks():
 
     days = [f"d{i}" for i in range(31)]
     blocks = split_blocks(days, None, 2)
-    assert sum(blocks, []) == days and len(blocks) == 4
+    assert sum(blocks, []) == days and len(blocks) == 2  # 8 days per worker, at least 16
     assert split_blocks(days[:5], 3, 2) == [days[:3], days[3:5]]
     assert split_blocks([], None, 2) == []

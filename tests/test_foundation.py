@@ -36,6 +36,83 @@ def test_latentda_sources_never_import_orchestration():
     assert offenders == []
 
 
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _module_imports(path, package_root) -> set[str]:
+    """latentda modules imported at module level (not inside functions: those are lazy on purpose)."""
+    import ast
+
+    rel = path.relative_to(package_root.parent).with_suffix("")
+    parts = list(rel.parts)
+    pkg = parts if path.name == "__init__.py" else parts[:-1]
+    if path.name == "__init__.py":
+        pkg = parts[:-1]
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg[: len(pkg) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+                names = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            else:
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        out |= {n for n in names if n.startswith("latentda")}
+    return out
+
+
+def test_latentda_has_no_import_cycle():
+    """Module-level imports inside latentda form a DAG (a package imports its own submodules: not a cycle)."""
+    root = REPO_ROOT / "latentda"
+    mods = {}
+    for p in root.rglob("*.py"):
+        rel = p.relative_to(root.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if p.name == "__init__.py" else rel.parts)
+        mods[name] = p
+    graph = {m: {i for i in _module_imports(p, root) if i in mods and i != m} for m, p in mods.items()}
+    # a package's __init__ importing its children, and children importing their package, are how packages work
+    graph = {m: {i for i in deps if not i.startswith(m + ".") and not m.startswith(i + ".")}
+             for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in graph[m]:
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack + [m, d]))
+            if not state.get(d):
+                visit(d, stack + [m])
+        state[m] = 2
+
+    for m in graph:
+        if not state.get(m):
+            visit(m, [])
+
+
+def test_tasks_are_thin_public_functions_take_at_most_three_parameters():
+    import ast
+
+    wide = []
+    for p in (REPO_ROOT / "tasks").glob("*.py"):
+        for node in ast.parse(p.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                n = len(node.args.args) + len(node.args.kwonlyargs) + len(node.args.posonlyargs)
+                if n > 3:
+                    wide.append(f"{p.name}:{node.name} ({n})")
+    assert wide == []
+
+
+def test_loading_a_run_config_does_not_import_torch():
+    code = ("import sys; from latentda.config import load_config; load_config('deploy/demo.yaml'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    assert out.stdout.strip() == "False"
+
+
 def _seasonal_dataset(years=3, nlat=6, nlon=8, seed=0):
     rng = np.random.default_rng(seed)
     time = pd.date_range("2001-01-01", periods=365 * years, freq="D")

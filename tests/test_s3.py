@@ -57,7 +57,7 @@ def test_storage_options_or_environment_reach_s3(s3, monkeypatch):
 
 def test_training_store_and_prior_checkpoint_on_s3(aws_env, tiny_prior_path):
     import latentda
-    from latentda import archive as lib
+    from latentda import training_store as lib
     from latentda.testing import synthetic_fields
 
     fields = synthetic_fields(ntime=40, nlat=8, nlon=16, variables=["air_temperature"], seed=3)

@@ -24,7 +24,7 @@ def climatology(background: Any, observations: pd.DataFrame, time, members: int 
     """Climatological analysis of the day of ``time`` in the :func:`latentda.analysis.analysis_dataset` layout.
 
     ``background``: a prior, a fitted baseline model or a climatology ``xr.Dataset`` (anything with
-    ``variables, grid, climatology``). ``observations``: observation table (DESIGN.md columns), only validated
+    ``variables, grid, climatology``). ``observations``: observation table (ARCHITECTURE.md columns), only validated
     and used for diagnostics. ``members``/``seed`` are accepted for a common signature; the output is the
     climatological mean and standard deviation (no members: ``keep_members=True`` raises ValueError).
     Diagnostics: ``fit_before == fit_after`` (RMS of ``(y - H m)/sigma``), ``cost`` NaN, ``iterations`` 0.

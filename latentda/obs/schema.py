@@ -1,4 +1,4 @@
-"""Observation table schema (DESIGN.md) and row-level validation with QC reasons.
+"""Observation table schema (ARCHITECTURE.md, "conventions") and row-level validation with QC reasons.
 
 Columns: ``time`` (datetime64), ``lat`` (degrees north), ``lon`` (degrees east, any range: taken modulo 360),
 ``value`` (physical units of ``variable``), optional ``error`` (standard deviation, same units as value),

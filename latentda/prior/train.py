@@ -12,13 +12,10 @@ random single days would leak the training set into validation).
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import math
 import os
 import platform
-import re
-import subprocess
 import sys
 import time as _time
 from datetime import datetime, timezone
@@ -31,22 +28,11 @@ import xarray as xr
 from ..fields import to_array
 from ..grid import Grid, normalize_grid
 from ..normalization import climatology_at, fit_climatology
+from ..runtime import git_sha
 from .checkpoint import Prior, resolve_device
 from .config import PriorConfig, as_config
 from .residual import residual_modes
 from .vae import ConvVAE, choose_n_down, kl_divergence, weighted_sq_error
-
-@functools.lru_cache(maxsize=1)
-def git_sha() -> str:
-    """``git rev-parse HEAD`` in the package directory, or "unknown" (no git, not a checkout, no commit)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                             capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", sha) else "unknown"
-
 
 def array_sha256(arr: np.ndarray) -> str:
     """sha256 (hex) of a C-contiguous array's bytes (the training data: float32 (time, channel, lat, lon))."""

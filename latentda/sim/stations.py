@@ -6,7 +6,7 @@ Two network kinds:
   centres in the mid-latitudes, like historical land networks), the rest uniform and sparse.
 
 Observations are the truth interpolated bilinearly (the same operator as the assimilation uses) plus
-``N(0, error^2)`` noise, one row per station, day and variable, in the DESIGN.md table layout.
+``N(0, error^2)`` noise, one row per station, day and variable, in the observation-table layout of ARCHITECTURE.md.
 """
 from __future__ import annotations
 

@@ -1,0 +1,188 @@
+"""The reanalysis loop: assimilate days and write each into the archive (see ARCHITECTURE.md, "the day loop").
+
+This is the one loop of the system. The CLI, the Prefect flows (one block of days per task, the days mapped over
+Dask workers), the benchmarks and the tests all call it, so they write the same bytes::
+
+    settings = DaySettings.from_config(cfg, exclude_stations=holdout_for(cfg, table))
+    ensure_archive(cfg, prior)                        # create the pre-sized store, or check the existing one
+    backfill(cfg, days, prior=prior, observations=table)          # skips done days unless force=True
+
+Each day: the rows of that day (minus held-out stations) -> ``latentda.assimilate`` with the run's base seed
+(draws derive from ``SeedSequence([seed, day, ...])``) at a fixed torch thread count -> ``archive.write_day``
+with the day's provenance (prior checksum, observation-table hash, config hash). Days are independent.
+No orchestration import.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Mapping
+
+import pandas as pd
+import xarray as xr
+
+from . import archive
+from .da.options import AssimilationOptions, as_options
+from .evaluation import heldout_stations
+from .runtime import table_hash, to_days, torch_threads
+
+__all__ = ["DaySettings", "observations_for_day", "holdout_for", "assimilate_day", "assimilate_days", "backfill",
+           "archive_provenance", "catalog_description", "catalog_metadata", "ensure_archive", "day_range"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DaySettings:
+    """Everything a day's analysis and write need besides the prior, the observations and the day.
+
+    ``threads``: torch intra-op threads during the assimilation (float32 reductions round differently with
+    another count: keep it fixed, default 1 as on a Dask worker, for byte-identical archives; None: leave torch's
+    setting). ``exclude_stations``: station ids never assimilated (the evaluation hold-out).
+    """
+
+    url: str
+    members: int
+    seed: int
+    members_to_keep: int = 0
+    options: AssimilationOptions = dataclasses.field(default_factory=AssimilationOptions)
+    config_hash: str | None = None
+    storage_options: Mapping[str, Any] | None = None
+    threads: int | None = 1
+    exclude_stations: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", as_options(self.options))
+        object.__setattr__(self, "exclude_stations", tuple(map(str, self.exclude_stations)))
+
+    @classmethod
+    def from_config(cls, config, exclude_stations: Iterable[str] = ()) -> "DaySettings":
+        """The settings of a :class:`latentda.config.RunConfig`."""
+        return cls(url=config.archive_url, members=config.assimilation.members, seed=config.assimilation.seed,
+                   members_to_keep=config.members_to_keep, options=config.assimilation.options,
+                   config_hash=config.hash, storage_options=dict(config.archive.storage_options) or None,
+                   threads=config.assimilation.threads, exclude_stations=tuple(exclude_stations))
+
+
+def observations_for_day(observations: pd.DataFrame, day: Any, exclude_stations: Iterable[str] | None = None
+                         ) -> pd.DataFrame:
+    """The rows of ``observations`` on ``day`` (by the date of ``time``), minus ``exclude_stations``."""
+    if "time" not in observations.columns:
+        raise ValueError(f"the observation table has no 'time' column; it has {list(observations.columns)}")
+    d = to_days(day)[0]
+    t = pd.to_datetime(observations["time"])
+    if getattr(t.dt, "tz", None) is not None:
+        t = t.dt.tz_convert("UTC").dt.tz_localize(None)
+    rows = observations[(t.dt.normalize() == d).values]
+    if exclude_stations is not None and "station_id" in rows.columns:
+        ex = set(map(str, exclude_stations))
+        if ex:
+            rows = rows[~rows["station_id"].astype(str).isin(ex).values]
+    return rows.reset_index(drop=True)
+
+
+def holdout_for(config, observations: pd.DataFrame) -> list[str]:
+    """Station ids of ``observations`` held out of the assimilation by ``config.evaluation.holdout_fraction``."""
+    fraction = config.evaluation.holdout_fraction
+    if not fraction or "station_id" not in observations.columns:
+        return []
+    return heldout_stations(observations["station_id"].astype(str).unique(), fraction, config.assimilation.seed)
+
+
+def assimilate_day(prior, observations: pd.DataFrame, day: Any, settings: DaySettings) -> xr.Dataset:
+    """One day's analysis: ``latentda.assimilate`` with the run's base seed, options and thread count (the same
+    call in a notebook reproduces the archived day). ``observations`` are that day's rows."""
+    from .da.rto import assimilate  # lazy: latentda.da.rto pulls in torch
+
+    with torch_threads(settings.threads):
+        return assimilate(prior, observations, to_days(day)[0], members=settings.members, seed=settings.seed,
+                          keep_members=bool(settings.members_to_keep), options=settings.options)
+
+
+def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], settings: DaySettings, *,
+                    skip_done: bool = False, progress: Callable[[str], None] | None = None) -> list[str]:
+    """Assimilate and write each of ``days`` into the archive ``settings.url``; returns the ISO dates written.
+
+    ``skip_done`` leaves days already marked done alone. ``progress(day_iso)`` is called after each day.
+    """
+    checksum = prior.checksum()
+    todo = to_days(list(days))
+    if skip_done and todo:
+        missing = set(archive.missing_days(settings.url, min(todo), max(todo), settings.storage_options))
+        todo = [d for d in todo if d in missing]
+    written = []
+    for d in todo:
+        obs = observations_for_day(observations, d, settings.exclude_stations)
+        ana = assimilate_day(prior, obs, d, settings)
+        archive.write_day(settings.url, ana, {"model_checksum": checksum, "obs_hash": table_hash(obs),
+                                              "config_hash": settings.config_hash},
+                          settings.storage_options, members_to_keep=settings.members_to_keep)
+        written.append(str(d.date()))
+        if progress is not None:
+            progress(written[-1])
+    return written
+
+
+def backfill(config, days: Iterable[Any], *, prior, observations: pd.DataFrame, force: bool = False,
+             progress: Callable[[str], None] | None = None) -> list[str]:
+    """Assimilate ``days`` of a run config into its archive (which must exist: :func:`ensure_archive`), skipping
+    the days already done unless ``force``; the evaluation hold-out of the config is applied. Returns the ISO
+    dates written."""
+    settings = DaySettings.from_config(config, exclude_stations=holdout_for(config, observations))
+    return assimilate_days(prior, observations, days, settings, skip_done=not force, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------- the archive
+def archive_provenance(config) -> dict[str, Any]:
+    """Global provenance attributes of a run's archive (no secrets)."""
+    return {"config_hash": config.hash, "config_name": config.name,
+            "catalog": {"path": config.catalog.path, "fields": config.catalog.fields,
+                        "observations": config.catalog.observations},
+            "assimilation": {"seed": config.assimilation.seed,
+                             "options": config.assimilation.options.model_dump(mode="json"),
+                             "holdout_fraction": config.evaluation.holdout_fraction}}
+
+
+def catalog_description(config) -> str:
+    """One line describing the archive in the output catalog."""
+    return (f"latentda reanalysis '{config.name}': {', '.join(config.variables)}, "
+            f"{config.archive.start}..{config.archive.end}, {config.assimilation.members} members")
+
+
+def catalog_metadata(config) -> dict[str, Any]:
+    """Metadata of the archive's entry in the output catalog."""
+    return {"variables": list(config.variables), "period": [str(config.archive.start), str(config.archive.end)],
+            "members": config.assimilation.members, "members_kept": config.members_to_keep,
+            "config_hash": config.hash, "source_catalog": config.catalog.path,
+            "source_entries": {"fields": config.catalog.fields, "observations": config.catalog.observations}}
+
+
+def ensure_archive(config, prior) -> tuple[str, str | None]:
+    """Create the run's pre-sized archive (metadata only) or check an existing one against the config and prior.
+
+    Returns ``(status, made_with)``: status ``"created"`` or ``"exists"``; ``made_with`` is the checksum of the
+    prior an existing archive was created with when it differs from ``prior`` (each day records its own prior),
+    else None. A mismatching store raises :class:`latentda.archive.ArchiveMismatchError` (never overwritten).
+    """
+    spec = archive.archive_spec(prior, config.archive.start, config.archive.end, config.assimilation.members,
+                                config.members_to_keep, config.variables)
+    prov = dict(archive_provenance(config), model_checksum=prior.checksum())
+    so = dict(config.archive.storage_options) or None
+    status = archive.create_archive(config.archive_url, spec, provenance=prov, storage_options=so)
+    made_with = None
+    if status == "exists":
+        old = archive.open_archive(config.archive_url, so).attrs.get("latentda:model_checksum")
+        made_with = old if old and old != prov["model_checksum"] else None
+    return status, made_with
+
+
+
+def day_range(config, start: Any = None, end: Any = None) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """``(start, end)`` days of a run: the given ones, else the config's backfill range; ValueError naming both
+    dates when they are reversed or outside the archive period."""
+    period = config.backfill_period()
+    s = to_days(start if start is not None else period.start)[0]
+    e = to_days(end if end is not None else period.end)[0]
+    if e < s:
+        raise ValueError(f"end {e.date()} is before start {s.date()}")
+    if s.date() < config.archive.start or e.date() > config.archive.end:
+        raise ValueError(f"range {s.date()}..{e.date()} is outside the archive period {config.archive.start}.."
+                         f"{config.archive.end} (archive.start/archive.end in the run config)")
+    return s, e
