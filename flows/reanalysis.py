@@ -20,7 +20,7 @@ from tasks.assimilate import assimilate_block, split_blocks
 from tasks.evaluate import evaluate
 
 from . import BackfillIncomplete
-from .runners import task_runner_from_config
+from .runners import task_runner_from_config, worker_size
 
 
 def provenance(cfg: RunConfig) -> dict[str, Any]:
@@ -93,7 +93,7 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
     n_req = (e - s).days + 1
     log.info("archive %s (%s): %d of %d day(s) in %s..%s to do", storage.redact(url), status, len(todo), n_req,
              s.date(), e.date())
-    blocks = split_blocks(todo, cfg.assimilation.block_days, cfg.cluster.n_workers)
+    blocks = split_blocks(todo, cfg.assimilation.block_days, worker_size(cfg.cluster).n_workers)
     written: list[str] = []
     failed: list[dict] = []
     if blocks:

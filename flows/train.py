@@ -13,7 +13,7 @@ from tasks.archive import archive_exists
 from tasks.ingest import ingest
 from tasks.train import train_prior
 
-from .runners import task_runner_from_config, use_gpu
+from .runners import task_runner_from_config, use_gpu, worker_size
 
 
 def _iso(d) -> str | None:
@@ -34,7 +34,7 @@ def train(config_path: str, overrides: dict | None = None, retrain: bool = False
              ref["end"])
     threads = None
     if cfg.cluster.profile == "local":
-        threads = min(os.cpu_count() or 1, cfg.cluster.n_workers * cfg.cluster.threads_per_worker)
+        threads = min(os.cpu_count() or 1, worker_size(cfg.cluster).threads)
     train_task = train_prior.with_options(refresh_cache=retrain or not archive_exists(cfg.prior_path, so))
     gpu = use_gpu(cfg.cluster)
     ctx = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
