@@ -219,13 +219,14 @@ def template(spec: ArchiveSpec, attrs: Mapping[str, Any] | None = None) -> xr.Da
     data: dict[str, Any] = {}
     for v in spec.variables:
         a = {kk: vv for kk, vv in dict(spec.var_attrs.get(v, {})).items() if kk != "_FillValue"}
-        # CF 7.3: the ensemble statistics keep the field's standard_name; cell_methods names the statistic
-        # over the ensemble axis (the standard name "realization", the member coordinate)
-        data[v] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32,
-                                                    chunks=(1, ny, nx)), _cell_methods(a, "mean"))
-        sa = {kk: vv for kk, vv in a.items() if kk in ("units", "standard_name", "cell_methods")}
+        # CF 7.3: the ensemble statistics keep the field's standard_name; cell_methods appends the statistic
+        # over the ensemble axis (the standard name "realization", the member coordinate) to the field's methods
+        methods = a.get("cell_methods", "")
+        data[v] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32, chunks=(1, ny, nx)),
+                   dict(a, cell_methods=f"{methods} realization: mean".strip()))
+        sa = {kk: vv for kk, vv in a.items() if kk in ("units", "standard_name")}
         sa["long_name"] = f"ensemble standard deviation of {a.get('long_name', v)}"
-        sa = _cell_methods(sa, "standard_deviation")
+        sa["cell_methods"] = f"{methods} realization: standard_deviation".strip()
         data[f"{v}_spread"] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32,
                                                                 chunks=(1, ny, nx)), sa)
         if k:
@@ -270,12 +271,6 @@ def template(spec: ArchiveSpec, attrs: Mapping[str, Any] | None = None) -> xr.Da
                                                                "references") else f"latentda:{key}"
         ds.attrs[key] = val if isinstance(val, (str, int, float)) else json.dumps(val, sort_keys=True, default=str)
     return ds
-
-
-def _cell_methods(attrs: Mapping[str, Any], statistic: str) -> dict[str, Any]:
-    """``attrs`` with ``realization: <statistic>`` appended to its ``cell_methods`` (CF 7.3: methods in order)."""
-    methods = f"{attrs.get('cell_methods', '')} realization: {statistic}".strip()
-    return dict(attrs, cell_methods=methods)
 
 
 def _spec_attrs(spec: ArchiveSpec) -> dict[str, Any]:
