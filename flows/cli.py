@@ -211,6 +211,7 @@ def cmd_demo(args, out=None) -> dict:
     from . import prefect_api
     from .evaluate import run_evaluate
     from .reanalysis import run_reanalysis
+    from .runners import worker_size
     from .train import run_train
 
     ov = _overrides(args)
@@ -220,7 +221,7 @@ def cmd_demo(args, out=None) -> dict:
     progress = not args.no_progress
     t0 = time.perf_counter()
     out.write(f"latentda demo: config {cfg.source} (hash {cfg.hash[:12]}), {len(cfg.variables)} variables, "
-              f"{cfg.assimilation.members} members, {cfg.cluster.n_workers} Dask worker(s)\n")
+              f"{cfg.assimilation.members} members, {worker_size(cfg.cluster).n_workers} Dask worker(s)\n")
     with prefect_api():
         out.write(f"[1/3] ingest {cfg.catalog.fields!r} through {cfg.catalog.path} and train the prior "
                   f"(epochs<={cfg.prior.epochs}, <= {cfg.prior.max_minutes} min)\n")

@@ -349,25 +349,11 @@ def make_task_runner(profile: str | os.PathLike | Mapping[str, Any] | ClusterPro
 
 
 def task_runner_from_cluster_config(cluster_cfg: Any):
-    """``make_task_runner`` from the run config's ``cluster`` section (a pydantic model or a mapping).
+    """The task runner for the run config's ``cluster`` section (a ``ClusterConfig`` or a mapping): the one
+    loader of every profile, :func:`flows.runners.task_runner_from_config`, under the name this module had."""
+    from .runners import task_runner_from_config  # runners imports this module
 
-    Reads ``profile`` (default ``local``), ``n_workers``, ``threads_per_worker``, ``address``, ``options``.
-    """
-    if cluster_cfg is None:
-        cfg: dict[str, Any] = {}
-    elif hasattr(cluster_cfg, "model_dump"):
-        cfg = cluster_cfg.model_dump()
-    elif isinstance(cluster_cfg, Mapping):
-        cfg = dict(cluster_cfg)
-    else:
-        raise ClusterProfileError(f"cluster config must be a mapping, got {type(cluster_cfg).__name__}")
-    known = {"profile", "n_workers", "threads_per_worker", "address", "options"}
-    extra = {k: v for k, v in cfg.items() if k not in known and v is not None}
-    options = dict(cfg.get("options") or {})
-    options.update(extra)  # unknown keys in the section are cluster kwargs
-    return make_task_runner(cfg.get("profile") or "local", n_workers=cfg.get("n_workers"),
-                            threads_per_worker=cfg.get("threads_per_worker"), address=cfg.get("address"),
-                            options=options or None)
+    return task_runner_from_config(cluster_cfg)
 
 
 # ----------------------------------------------------------------------------------------------- job script

@@ -21,7 +21,7 @@ from tasks.evaluate import evaluate
 
 from . import BackfillIncomplete
 from .progress import DayProgress
-from .runners import task_runner_from_config
+from .runners import task_runner_from_config, worker_size
 
 
 def ensure_archive(cfg: RunConfig) -> str:
@@ -34,7 +34,7 @@ def ensure_archive(cfg: RunConfig) -> str:
 
 def run_blocks(cfg: RunConfig, todo: list[str], force: bool, progress: DayProgress) -> tuple[list, dict, int]:
     """Assimilate ``todo`` block by block; returns (written, failed {day: error}, number of blocks)."""
-    blocks = split_blocks(todo, cfg.assimilation.block_days, cfg.cluster.n_workers)
+    blocks = split_blocks(todo, cfg.assimilation.block_days, worker_size(cfg.cluster).n_workers)
     written: list[str] = []
     failed: dict[str, str] = {}
     set_progress_hook(progress.day_done)

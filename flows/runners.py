@@ -1,24 +1,48 @@
-"""Dask task runners from the run config's ``cluster:`` section: a small dispatch on ``profile``.
+"""Dask task runners from the run config's ``cluster:`` section: one loader for every profile.
 
-``local``   -> a ``distributed.LocalCluster`` started and stopped by the flow (``n_workers``,
-               ``threads_per_worker``, extra ``options`` passed to LocalCluster); workers advertise a ``GPU``
-               resource when a GPU is present (or ``gpu: true``).
-``address`` -> an existing Dask scheduler at ``address`` (``options`` go to ``distributed.Client``).
-other       -> the cluster profile of that name in deploy/clusters/ (flows/clusters.py: slurm, pbs, k8s, ...).
+``cluster.profile`` names a cluster profile, a YAML file of ``deploy/clusters/`` (``local``, ``address``,
+``slurm``, ``pbs``, ``k8s``; more with ``$LATENTDA_CLUSTER_PROFILES``) or the path of one. Every profile goes the
+same way: :func:`flows.clusters.resolve_profile` reads it and applies the run config's overrides, where ``None``
+(the default of ``n_workers`` / ``threads_per_worker``) keeps the profile's value, then
+:func:`flows.clusters.make_task_runner` builds the ``prefect_dask.DaskTaskRunner``. Editing
+``deploy/clusters/local.yaml`` therefore changes the local cluster, and ``profile: slurm`` keeps the profile's
+``maximum_jobs`` and ``processes`` unless the run config sets ``n_workers`` / ``threads_per_worker``.
 
-Add a profile (slurm, pbs, k8s, ...) with :func:`register_profile` or an entry in :data:`PROFILES`, e.g.
-``DaskTaskRunner(cluster_class="dask_jobqueue.SLURMCluster", cluster_kwargs=..., adapt_kwargs=...)``.
+A ``distributed.LocalCluster`` profile (kind ``local``) also gets, unless the profile or ``cluster.options`` say
+otherwise: glibc's own malloc trimming (:func:`keep_malloc_defaults`), the scheduler on loopback (``127.0.0.1``;
+in-process workers use ``inproc://`` and take no host), the dashboard on a free loopback port, a ``GPU`` worker
+resource when :func:`use_gpu`, and explicit ``n_workers`` / ``threads_per_worker`` equal to :func:`worker_size`,
+so the cluster started is the size the flows plan their blocks for.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable, Mapping
-
-from prefect_dask import DaskTaskRunner
+import re
+from typing import Any, Mapping
 
 from latentda.config import ClusterConfig
 
-Factory = Callable[[ClusterConfig], Any]
+from .clusters import ClusterProfile, load_profile, make_task_runner, resolve_profile
+
+#: Used when neither the run config nor the profile sizes the workers (an ``address`` profile, a LocalCluster
+#: profile without ``n_workers``/``threads_per_worker``): one worker with one thread, the measured best use of a
+#: core for the numpy/torch assimilation. Set ``cluster.n_workers`` to the size of a running scheduler's cluster.
+DEFAULT_N_WORKERS = 1
+DEFAULT_THREADS_PER_WORKER = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSize:
+    """Effective Dask worker count and threads per worker of a cluster config (:func:`worker_size`)."""
+
+    n_workers: int
+    threads_per_worker: int
+
+    @property
+    def threads(self) -> int:
+        """Threads of the whole cluster: ``n_workers * threads_per_worker``."""
+        return self.n_workers * self.threads_per_worker
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,20 +56,22 @@ def gpu_count() -> int:
         return 0
 
 
+def _cfg(cluster: ClusterConfig | Mapping[str, Any] | None) -> ClusterConfig:
+    if cluster is None:
+        return ClusterConfig()
+    return cluster if isinstance(cluster, ClusterConfig) else ClusterConfig.model_validate(dict(cluster))
+
+
 def use_gpu(cluster: ClusterConfig | Mapping[str, Any]) -> bool:
     """Whether training is annotated to need a ``GPU`` worker resource.
 
-    ``gpu: true/false`` decides; ``auto`` means: profile ``local`` and a GPU is visible here (for other profiles
-    we cannot know what the workers have, so ``auto`` is CPU; say ``gpu: true`` when they advertise one).
+    ``gpu: true/false`` decides; ``auto`` means: a LocalCluster profile and a GPU is visible here (for other
+    profiles we cannot know what the workers have, so ``auto`` is CPU; say ``gpu: true`` when they advertise one).
     """
     c = _cfg(cluster)
     if isinstance(c.gpu, bool):
         return c.gpu
-    return c.profile == "local" and gpu_count() > 0
-
-
-def _cfg(cluster: ClusterConfig | Mapping[str, Any]) -> ClusterConfig:
-    return cluster if isinstance(cluster, ClusterConfig) else ClusterConfig.model_validate(dict(cluster))
+    return load_profile(c.profile).kind == "local" and gpu_count() > 0
 
 
 def keep_malloc_defaults() -> None:
@@ -60,41 +86,82 @@ def keep_malloc_defaults() -> None:
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
 
-def _local(c: ClusterConfig) -> DaskTaskRunner:
-    keep_malloc_defaults()
-    kwargs: dict[str, Any] = {"n_workers": c.n_workers, "threads_per_worker": c.threads_per_worker,
-                              "processes": True, "dashboard_address": "127.0.0.1:0"}
-    if use_gpu(c):
-        kwargs["resources"] = {"GPU": 1}
-    kwargs.update(c.options)
-    if kwargs["processes"]:
-        kwargs.setdefault("host", "127.0.0.1")  # loopback only (in-process workers use inproc://)
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
+def _resolve(c: ClusterConfig) -> ClusterProfile:
+    return resolve_profile(c.profile, n_workers=c.n_workers, threads_per_worker=c.threads_per_worker,
+                           address=c.address, options=c.options or None)
 
 
-def _address(c: ClusterConfig) -> DaskTaskRunner:
-    return DaskTaskRunner(address=c.address, client_kwargs=dict(c.options) or None)
+def _nthreads_arg(command: Any) -> int | None:
+    """``N`` of ``--nthreads N`` in a k8s ``worker_command`` (a list or a string), else None."""
+    words = command.split() if isinstance(command, str) else [str(w) for w in command or []]
+    for flag, value in zip(words, words[1:]):
+        if flag == "--nthreads" and re.fullmatch(r"\d+", value):
+            return int(value)
+    return None
 
 
-def _named_profile(c: ClusterConfig):
-    """Any other profile name: a cluster profile of deploy/clusters/<name>.yaml (flows/clusters.py: slurm, pbs,
-    k8s, ...), with n_workers / threads_per_worker / address / options from the run config."""
-    try:
-        from . import clusters
-    except ImportError:
-        raise ValueError(f"cluster.profile {c.profile!r} unknown; known profiles: {sorted(PROFILES)}") from None
-    return clusters.task_runner_from_cluster_config(c.model_dump(exclude={"gpu"}))
+def _profile_size(p: ClusterProfile) -> tuple[int | None, int | None]:
+    """(workers, threads per worker) a resolved profile asks for; None where it does not say."""
+    ck, ak = p.cluster_kwargs, p.adapt_kwargs
+    if p.kind == "address":
+        return None, None  # the scheduler's owner sized that cluster
+    if p.kind == "jobqueue":
+        cores = int(ck["cores"]) if ck.get("cores") else None
+        processes = ck.get("processes")
+        if processes is None and cores:
+            from distributed.deploy.utils import nprocesses_nthreads  # dask-jobqueue's own default
+
+            processes = nprocesses_nthreads(cores)[0]
+        threads = cores // int(processes) if cores and processes else None
+        if ak.get("maximum_jobs") is not None and processes:  # dask-jobqueue: maximum = maximum_jobs * processes
+            return int(ak["maximum_jobs"]) * int(processes), threads
+        return ak.get("maximum", ck.get("n_workers")), threads
+    if p.kind == "kubernetes":
+        return ak.get("maximum", ck.get("n_workers")), _nthreads_arg(ck.get("worker_command"))
+    return ak.get("maximum", ck.get("n_workers")), ck.get("threads_per_worker")
 
 
-PROFILES: dict[str, Factory] = {"local": _local, "address": _address}
+def worker_size(cluster: ClusterConfig | Mapping[str, Any] | None) -> WorkerSize:
+    """Effective worker count and threads per worker: the run config's value, else the profile's, else
+    :data:`DEFAULT_N_WORKERS` / :data:`DEFAULT_THREADS_PER_WORKER`.
 
-
-def register_profile(name: str, factory: Factory) -> None:
-    """Make ``cluster.profile: name`` build its task runner with ``factory(cluster_config)``."""
-    PROFILES[name] = factory
-
-
-def task_runner_from_config(cluster: ClusterConfig | Mapping[str, Any]):
-    """The Prefect task runner for the ``cluster:`` section of a run config."""
+    The profile's count is what it starts or scales up to: a LocalCluster's ``n_workers``; an adaptive
+    profile's maximum (dask-jobqueue: ``maximum_jobs * processes``); threads per worker of a dask-jobqueue
+    profile are ``cores // processes``, of a k8s profile the ``--nthreads`` of its ``worker_command``.
+    """
     c = _cfg(cluster)
-    return PROFILES.get(c.profile, _named_profile)(c)
+    workers, threads = _profile_size(_resolve(c))
+    n = c.n_workers or workers or DEFAULT_N_WORKERS
+    t = c.threads_per_worker or threads or DEFAULT_THREADS_PER_WORKER
+    return WorkerSize(n_workers=int(n), threads_per_worker=int(t))
+
+
+def _local_details(p: ClusterProfile, c: ClusterConfig) -> ClusterProfile:
+    """The LocalCluster settings every local run gets unless the profile or ``cluster.options`` set them."""
+    keep_malloc_defaults()
+    ck = dict(p.cluster_kwargs)
+    size = worker_size(c)
+    if not p.adapt_kwargs:
+        ck.setdefault("n_workers", size.n_workers)
+    ck.setdefault("threads_per_worker", size.threads_per_worker)
+    ck.setdefault("processes", True)
+    ck.setdefault("dashboard_address", "127.0.0.1:0")
+    if ck["processes"]:
+        ck.setdefault("host", "127.0.0.1")  # the scheduler listens on loopback only
+    elif "://" not in str(ck.get("host") or ""):
+        ck.pop("host", None)  # in-process workers talk over inproc://, which takes no host
+    if use_gpu(c):
+        ck.setdefault("resources", {"GPU": 1})
+    return dataclasses.replace(p, cluster_kwargs=ck)
+
+
+def task_runner_from_config(cluster: ClusterConfig | Mapping[str, Any] | None):
+    """The Prefect task runner for the ``cluster:`` section of a run config (any profile; nothing starts here).
+
+    Raises :class:`flows.clusters.ClusterProfileError` (a ``ValueError``) naming an unknown or malformed profile.
+    """
+    c = _cfg(cluster)
+    p = _resolve(c)
+    if p.kind == "local":
+        p = _local_details(p, c)
+    return make_task_runner(p)

@@ -12,7 +12,7 @@ from latentda.config import load_config
 from tasks.ingest import ingest
 from tasks.train import TrainRequest, train_prior
 
-from .runners import task_runner_from_config, use_gpu
+from .runners import task_runner_from_config, use_gpu, worker_size
 
 
 @flow(name="train")
@@ -25,7 +25,7 @@ def train(config_path: str, overrides: dict | None = None, retrain: bool = False
              ref["end"], " (cached)" if ref["cached"] else "")
     threads = None
     if cfg.cluster.profile == "local":
-        threads = min(os.cpu_count() or 1, cfg.cluster.n_workers * cfg.cluster.threads_per_worker)
+        threads = min(os.cpu_count() or 1, worker_size(cfg.cluster).threads)
     gpu = use_gpu(cfg.cluster)
     ctx = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
     with ctx:

@@ -58,7 +58,9 @@ PROVENANCE_VARS = {
     "config_sha256": "SHA-256 of the run configuration (latentda.config.config_hash)",
 }
 DIAG_DTYPES = {"obs_used": np.int32, "obs_rejected": np.int32, "iterations": np.int32, "no_obs": np.int8}
-TIME_ENCODING = {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
+# CF time units name their time zone (xrlint's time-coordinate rule): analysis days are 00 UTC. UDUNITS form
+# "DATE +H:MM": xarray keeps it as written (a "00:00:00 +00:00" time would be rewritten to ISO "T...+00:00").
+TIME_ENCODING = {"units": "days since 1970-01-01 +0:00", "calendar": "proleptic_gregorian", "dtype": "int64"}
 
 
 class ArchiveError(RuntimeError):
@@ -155,10 +157,14 @@ def template(spec: ArchiveSpec, attrs: Mapping[str, Any] | None = None) -> xr.Da
     data: dict[str, Any] = {}
     for v in spec.variables:
         a = {kk: vv for kk, vv in dict(spec.var_attrs.get(v, {})).items() if kk != "_FillValue"}
-        data[v] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32,
-                                                    chunks=(1, ny, nx)), a)
-        sa = {kk: vv for kk, vv in a.items() if kk == "units"}
+        # CF 7.3: the ensemble statistics keep the field's standard_name; cell_methods appends the statistic
+        # over the ensemble axis (the standard name "realization", the member coordinate) to the field's methods
+        methods = a.get("cell_methods", "")
+        data[v] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32, chunks=(1, ny, nx)),
+                   dict(a, cell_methods=f"{methods} realization: mean".strip()))
+        sa = {kk: vv for kk, vv in a.items() if kk in ("units", "standard_name")}
         sa["long_name"] = f"ensemble standard deviation of {a.get('long_name', v)}"
+        sa["cell_methods"] = f"{methods} realization: standard_deviation".strip()
         data[f"{v}_spread"] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32,
                                                                 chunks=(1, ny, nx)), sa)
         if k:
@@ -171,21 +177,32 @@ def template(spec: ArchiveSpec, attrs: Mapping[str, Any] | None = None) -> xr.Da
         data[name] = (("time",), dsa.full((nt,), fill, dtype=dt, chunks=1), dict(DIAG_ATTRS[name]))
     for name, ln in PROVENANCE_VARS.items():
         data[name] = (("time", HASH_DIM), dsa.zeros((nt, 32), dtype=np.uint8, chunks=(1, 32)),
-                      {"long_name": ln, "comment": "32 bytes of the digest; latentda.archive.hexdigest() gives hex; "
-                                                   "all zero for a day not written"})
+                      {"long_name": ln, "units": "1",
+                       "comment": "32 bytes of the digest; latentda.archive.hexdigest() gives hex; "
+                                  "all zero for a day not written"})
     data[DONE] = (("time",), dsa.zeros((nt,), dtype=np.int8, chunks=1),
                   {"long_name": "day complete (written after all of the day's data)", "flag_values": [0, 1],
                    "flag_meanings": "missing done", "units": "1"})
     coords = {
         "time": ("time", t.values, {"standard_name": "time", "long_name": "analysis day (00 UTC)"}),
-        "lat": ("lat", spec.grid.lat, {"units": "degrees_north", "standard_name": "latitude"}),
-        "lon": ("lon", spec.grid.lon, {"units": "degrees_east", "standard_name": "longitude"}),
+        "lat": ("lat", spec.grid.lat, {"units": "degrees_north", "standard_name": "latitude",
+                                       "long_name": "latitude"}),
+        "lon": ("lon", spec.grid.lon, {"units": "degrees_east", "standard_name": "longitude",
+                                       "long_name": "longitude"}),
+        HASH_DIM: (HASH_DIM, np.arange(32, dtype=np.int8),
+                   {"long_name": "byte of the SHA-256 digest (0: most significant)", "units": "1"}),
     }
     if k:
-        coords["member"] = ("member", np.arange(k), {"long_name": "ensemble member"})
+        coords["member"] = ("member", np.arange(k), {"standard_name": "realization", "long_name": "ensemble member",
+                                                     "units": "1"})
     ds = xr.Dataset(data, coords=coords)
     ds.attrs.update({"Conventions": "CF-1.10", "title": "latentda reanalysis",
-                     "source": "latent-space data assimilation with a VAE prior (latentda)"})
+                     "source": "latent-space data assimilation with a VAE prior (latentda)",
+                     "comment": f"a day holds data once {DONE} = 1 (written after all of the day's variables); "
+                                "other days hold fill values"})
+    if attrs and "latentda:created" in attrs:
+        ds.attrs["history"] = (f"{attrs['latentda:created']} created by latentda "
+                               f"{attrs.get('latentda:version', __version__)} (latentda.archive.create_archive)")
     ds.attrs.update(_spec_attrs(spec))
     for key, val in (attrs or {}).items():
         key = key if key.startswith("latentda:") or key in ("title", "institution", "history", "comment",
@@ -202,6 +219,9 @@ def _spec_attrs(spec: ArchiveSpec) -> dict[str, Any]:
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict]:
     enc: dict[str, dict] = {"time": dict(TIME_ENCODING, chunks=(ds.sizes["time"],))}
+    for name in ds.coords:  # CF: coordinates have no missing values, so no _FillValue
+        if name != "time":
+            enc[name] = {"_FillValue": None}
     for name, var in ds.data_vars.items():
         e: dict[str, Any] = {"chunks": tuple(1 if d == "time" else ds.sizes[d] for d in var.dims)}
         if np.issubdtype(var.dtype, np.floating):

@@ -172,11 +172,14 @@ class ArchiveConfig(_Strict):
 
 
 class ClusterConfig(_Strict):
-    """Dask cluster: ``profile`` picks the kind (``local``, ``address``; more in flows/runners.py)."""
+    """Dask cluster: ``profile`` names a cluster profile (``deploy/clusters/<profile>.yaml`` or a YAML path:
+    local, address, slurm, pbs, k8s, ...). ``n_workers`` / ``threads_per_worker`` / ``options`` override the
+    profile; ``None`` (the default) means "the profile decides" (flows/runners.py: ``worker_size`` gives the
+    effective values)."""
 
     profile: str = Field("local", min_length=1)
-    n_workers: int = Field(2, ge=1)
-    threads_per_worker: int = Field(1, ge=1)
+    n_workers: int | None = Field(None, ge=1)
+    threads_per_worker: int | None = Field(None, ge=1)
     address: str | None = None
     gpu: Literal["auto"] | bool = "auto"
     options: dict[str, Any] = Field(default_factory=dict)

@@ -57,6 +57,10 @@ def test_profile_validation(tmp_path, text, match):
     bad.write_text(text)
     with pytest.raises(ClusterProfileError, match=match):
         clusters.load_profile(bad)
+    from flows import runners
+
+    with pytest.raises(ClusterProfileError, match=match):  # the run config's loader says the same
+        runners.task_runner_from_config({"profile": str(bad)})
 
 
 def test_profile_with_unknown_cluster_class(tmp_path):
@@ -277,17 +281,106 @@ def test_trivial_flow_on_address_profile(prefect_api):
 @pytest.mark.parametrize("name, kind", [("slurm", "dask_jobqueue.SLURMCluster"), ("pbs", "dask_jobqueue.PBSCluster"),
                                         ("local", "distributed.LocalCluster")])
 def test_run_config_selects_profile_by_name(name, kind):
-    """flows.runners.task_runner_from_config dispatches every profile of deploy/clusters/ (by name) to
-    flows.clusters; skipped until runners.py is wired to it."""
+    """flows.runners.task_runner_from_config builds every profile of deploy/clusters/ through flows.clusters."""
     from latentda.config import ClusterConfig
+    from flows import runners
 
-    runners = pytest.importorskip("flows.runners")
-    try:
-        r = runners.task_runner_from_config(ClusterConfig(profile=name))
-    except ValueError as e:
-        if "unknown" in str(e):
-            pytest.skip(f"flows/runners.py does not dispatch to flows.clusters yet: {e}")
-        raise
+    r = runners.task_runner_from_config(ClusterConfig(profile=name))
     cls = r.resolved_cluster_class
-    assert f"{cls.__module__.split('.')[0]}.{cls.__name__}" == kind or \
-        f"{cls.__module__}.{cls.__name__}".endswith(kind.split(".")[-1])
+    assert f"{cls.__module__.split('.')[0]}.{cls.__name__}" == kind
+
+
+def test_run_config_keeps_the_slurm_profile_values():
+    """``profile: slurm`` alone: the job script and the adaptive bounds are the profile's (maximum_jobs 10,
+    processes 2 of 8 cores); the effective size is 10 jobs x 2 workers x 4 threads."""
+    from latentda.config import ClusterConfig
+    from flows import runners
+
+    cfg = ClusterConfig(profile="slurm")
+    assert cfg.n_workers is None and cfg.threads_per_worker is None
+    r = runners.task_runner_from_config(cfg)
+    assert r.adapt_kwargs == clusters.load_profile("slurm").adapt_kwargs
+    assert r.adapt_kwargs["maximum_jobs"] == 10 and r.cluster_kwargs["processes"] == 2
+    script = job_script("slurm", n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker,
+                        options=cfg.options or None)
+    assert script == job_script("slurm")
+    assert "--nworkers 2" in script and "--nthreads 4" in script and "#SBATCH --cpus-per-task=8" in script
+    assert runners.worker_size(cfg) == runners.WorkerSize(n_workers=20, threads_per_worker=4)
+    # pbs likewise: 10 jobs x 2 processes of 8 cores
+    assert runners.worker_size({"profile": "pbs"}) == runners.WorkerSize(n_workers=20, threads_per_worker=4)
+
+
+def test_run_config_values_win_over_the_profile():
+    from latentda.config import ClusterConfig
+    from flows import runners
+
+    cfg = ClusterConfig(profile="slurm", threads_per_worker=8, n_workers=3)
+    r = runners.task_runner_from_config(cfg)
+    assert r.cluster_kwargs["processes"] == 1 and r.adapt_kwargs["maximum"] == 3
+    assert "maximum_jobs" not in r.adapt_kwargs
+    script = job_script("slurm", n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker)
+    assert "--nthreads 8" in script and "--nworkers" not in script  # one worker of 8 threads per job
+    assert runners.worker_size(cfg) == runners.WorkerSize(n_workers=3, threads_per_worker=8)
+    # local: the run config's numbers reach the LocalCluster
+    r = runners.task_runner_from_config({"profile": "local", "n_workers": 3, "threads_per_worker": 2})
+    assert (r.cluster_kwargs["n_workers"], r.cluster_kwargs["threads_per_worker"]) == (3, 2)
+
+
+def test_local_profile_file_is_read(tmp_path, monkeypatch):
+    """The local cluster is built from deploy/clusters/local.yaml (here a copy with other values found first via
+    $LATENTDA_CLUSTER_PROFILES), with the local details added where the file is silent."""
+    from flows import runners
+
+    shipped = yaml.safe_load((clusters.PROFILE_DIR / "local.yaml").read_text())
+    r = runners.task_runner_from_config({"profile": "local", "gpu": False})
+    assert {k: r.cluster_kwargs[k] for k in shipped["cluster_kwargs"]} == shipped["cluster_kwargs"]
+    assert runners.worker_size({"profile": "local"}) == runners.WorkerSize(
+        shipped["cluster_kwargs"]["n_workers"], shipped["cluster_kwargs"]["threads_per_worker"])
+
+    edited = dict(shipped, cluster_kwargs={"n_workers": 3, "threads_per_worker": 2, "memory_limit": "3GiB",
+                                           "processes": True})
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump(edited))
+    monkeypatch.setenv(clusters.PROFILE_DIR_ENV, str(tmp_path))
+    r = runners.task_runner_from_config({"profile": "local", "gpu": False})
+    assert r.cluster_kwargs["n_workers"] == 3 and r.cluster_kwargs["threads_per_worker"] == 2
+    assert r.cluster_kwargs["memory_limit"] == "3GiB"
+    # details the edited file leaves out: loopback scheduler, free loopback dashboard port
+    assert r.cluster_kwargs["host"] == "127.0.0.1" and r.cluster_kwargs["dashboard_address"] == "127.0.0.1:0"
+    assert runners.worker_size({"profile": "local"}) == runners.WorkerSize(3, 2)
+    # in-process workers: no host (inproc://); a GPU resource on request
+    r = runners.task_runner_from_config({"profile": "local", "gpu": True, "options": {"processes": False}})
+    assert "host" not in r.cluster_kwargs and r.cluster_kwargs["resources"] == {"GPU": 1}
+
+
+def test_worker_size_defaults_and_other_kinds(tmp_path):
+    from flows import runners
+
+    # an address profile: the scheduler's owner sized it; the run config may say how big it is
+    addr = {"profile": "address", "address": "tcp://127.0.0.1:8786"}
+    assert runners.worker_size(addr) == runners.WorkerSize(runners.DEFAULT_N_WORKERS,
+                                                           runners.DEFAULT_THREADS_PER_WORKER)
+    assert runners.worker_size(dict(addr, n_workers=6, threads_per_worker=2)).threads == 12
+    # k8s: the adaptive maximum and dask-worker --nthreads of the shipped profile
+    assert runners.worker_size({"profile": "k8s"}) == runners.WorkerSize(20, 2)
+    # a LocalCluster profile without sizes: the documented defaults, and the cluster is started that size
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("cluster_class: distributed.LocalCluster\n")
+    assert runners.worker_size({"profile": str(bare)}) == runners.WorkerSize(1, 1)
+    r = runners.task_runner_from_config({"profile": str(bare), "gpu": False})
+    assert r.cluster_kwargs["n_workers"] == 1 and r.cluster_kwargs["threads_per_worker"] == 1
+
+
+@pytest.mark.parametrize("section, match", [
+    ({"profile": "nope"}, r"unknown cluster profile 'nope'.*available: .*slurm"),
+    ({"profile": "site/missing.yaml"}, "does not exist"),
+    ({"profile": "local", "address": "tcp://127.0.0.1:8786"}, "use `profile: address`"),
+    ({"profile": "slurm", "options": {"adapt_kwargs": "ten"}}, "adapt_kwargs .* must be a mapping"),
+])
+def test_run_config_with_bad_profile_is_named(section, match):
+    from flows import runners
+
+    with pytest.raises(ClusterProfileError, match=match):
+        runners.task_runner_from_config(section)
+    with pytest.raises(ClusterProfileError, match=match):
+        runners.worker_size(section)
+
