@@ -16,7 +16,7 @@ from latentda import storage
 from latentda.archive import to_days
 from latentda.config import RunConfig, load_config
 from tasks.archive import archive_exists, init_archive, missing_days, register_archive, validate_archive
-from tasks.assimilate import assimilate_block, split_blocks
+from tasks.assimilate import assimilate_block, read_observations, split_blocks
 from tasks.evaluate import evaluate
 
 from . import BackfillIncomplete
@@ -87,6 +87,8 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
         raise ValueError(f"range {s.date()}..{e.date()} is outside the archive period {cfg.archive.start}.."
                          f"{cfg.archive.end} (archive.start/archive.end in the run config)")
     url, so = cfg.archive_url, cfg.archive.storage_options
+    if cfg.catalog.observations:  # read (and so check) the observation entry before the archive is created
+        read_observations(cfg.catalog.path, cfg.catalog.observations)
     status = ensure_archive(cfg)
     all_missing = missing_days(url, so, str(cfg.archive.start), str(cfg.archive.end))
     todo = [d for d in all_missing if str(s.date()) <= d <= str(e.date())]

@@ -20,6 +20,11 @@ def _iso(d) -> str | None:
     return None if d is None else str(d)
 
 
+def field_steps(cfg) -> dict | None:
+    """The declared ingestion steps of the fields entry (run config ``ingest.fields``) as a dict, or None."""
+    return cfg.ingest.fields.model_dump(mode="json") if cfg.ingest and cfg.ingest.fields else None
+
+
 @flow(name="train")
 def train(config_path: str, overrides: dict | None = None, retrain: bool = False, progress: bool = True) -> dict:
     """Ingest (catalog -> training store) then train the prior; returns ``{"path", "checksum", "trained", ...}``."""
@@ -29,7 +34,7 @@ def train(config_path: str, overrides: dict | None = None, retrain: bool = False
     ingest_task = ingest.with_options(refresh_cache=retrain or not archive_exists(cfg.training_store))
     ref = ingest_task.submit(cfg.catalog.path, cfg.catalog.fields, list(cfg.variables), _iso(cfg.train.start),
                              _iso(cfg.train.end), int(cfg.prior.n_harmonics or 0), cfg.training_store,
-                             cfg.hash).result()
+                             cfg.hash, steps=field_steps(cfg)).result()
     log.info("training store: %s (%d days %s..%s)", storage.redact(ref["url"]), ref["days"], ref["start"],
              ref["end"])
     threads = None

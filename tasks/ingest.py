@@ -29,26 +29,41 @@ def train_period(catalog_path: str, fields_entry: str, start: str | None, end: s
 
 
 def ingest_key(catalog_path: str, fields_entry: str, variables: list[str], start: str, end: str,
-               n_harmonics: int) -> str:
-    """What determines the training store (the catalog file's own content included)."""
+               n_harmonics: int, steps: dict | None = None) -> str:
+    """What determines the training store (the catalog file's own content and the ingestion steps included)."""
     with storage.open(catalog_path, "rb") as f:
         cat_bytes = f.read()
+    extra = () if not steps else (json.dumps(steps, sort_keys=True),)
     return hash_objects(cat_bytes, fields_entry, list(variables), str(start), str(end), int(n_harmonics),
-                        latentda.__version__)
+                        latentda.__version__, *extra)
+
+
+def read_training_fields(catalog_path: str, fields_entry: str, steps: dict | None = None):
+    """The fields entry through the catalog, then the declared steps (``latentda.ingest.steps.FieldSteps`` as a
+    dict; None: the entry is used as it is), on the normalised grid. Lazy; every check of the steps runs here."""
+    ds = catalog_io.read_fields(catalog_path, fields_entry)
+    if steps:
+        from latentda.ingest.fields import apply_field_steps
+        from latentda.ingest.steps import FieldSteps
+
+        ds = apply_field_steps(ds, FieldSteps.model_validate(steps))
+    return normalize_grid(ds)
 
 
 @task(name="ingest", cache_policy=CACHE_POLICY, persist_result=True, retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_on_io)
 def ingest(catalog_path: str, fields_entry: str, variables: list[str], start: str | None, end: str | None,
-           n_harmonics: int, out_url: str, config_hash: str, storage_options: dict | None = None) -> dict:
-    """Training fields of ``fields_entry`` (read ONLY through the catalog) over ``start..end`` -> training store.
+           n_harmonics: int, out_url: str, config_hash: str, storage_options: dict | None = None,
+           steps: dict | None = None) -> dict:
+    """Training fields of ``fields_entry`` (read ONLY through the catalog, then the declared ingestion ``steps``)
+    over ``start..end`` -> training store.
 
     Skips the work when ``out_url`` already holds a store with the same ingest key. Returns a reference
     ``{"url", "key", "days", "start", "end"}``.
     """
     log = get_run_logger()
     start, end = train_period(catalog_path, fields_entry, start, end)
-    key = ingest_key(catalog_path, fields_entry, variables, start, end, n_harmonics)
+    key = ingest_key(catalog_path, fields_entry, variables, start, end, n_harmonics, steps)
     try:
         anoms, _ = lib.open_training_store(out_url, storage_options)
         if anoms.attrs.get("latentda:ingest_key") == key:
@@ -58,8 +73,7 @@ def ingest(catalog_path: str, fields_entry: str, variables: list[str], start: st
                     "end": str(t[-1].date())}
     except FileNotFoundError:
         pass
-    ds = catalog_io.read_fields(catalog_path, fields_entry)
-    ds = normalize_grid(ds)
+    ds = read_training_fields(catalog_path, fields_entry, steps)
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
         raise KeyError(f"variable(s) {missing} not in catalog entry {fields_entry!r}; it has {sorted(ds.data_vars)}")
