@@ -123,17 +123,22 @@ def ghcnd_like(obs: pd.DataFrame, days: pd.DatetimeIndex, folder: str | Path) ->
     return data_path, list_path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: write both example inputs from the shipped demo data."""
-    from importlib.resources import files
-
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m latentda.ingest.examples``."""
     p = argparse.ArgumentParser(prog="python -m latentda.ingest.examples", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder to write era5_like.nc, ghcnd.csv, stations.csv into")
     p.add_argument("--start", required=True, help="first day of the hourly fields (YYYY-MM-DD)")
     p.add_argument("--end", required=True, help="last day of the hourly fields")
     p.add_argument("--obs-start", required=True, help="first day of the station file")
     p.add_argument("--obs-end", required=True, help="last day of the station file")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write both example inputs from the shipped demo data."""
+    from importlib.resources import files
+
+    a = build_parser().parse_args(argv)
     data = files("latentda") / "data"
     with xr.open_dataset(str(data / "heldsuarez_t31_daily.nc"), engine="netcdf4") as daily:
         f = era5_like(daily, pd.date_range(a.start, a.end, freq="D"), Path(a.out) / "era5_like.nc")
