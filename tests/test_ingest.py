@@ -66,6 +66,14 @@ def test_era5_shaped_hourly_gives_back_the_daily_fields(era5, daily, daily_step)
     assert out["air_temperature"].attrs["units"] == "K" and out["surface_air_pressure"].attrs["source_units"] == "hPa"
 
 
+def test_longitudes_0_to_360_give_the_same_fields(era5):
+    east = era5.assign_coords(longitude=np.mod(era5["longitude"].values, 360.0)).sortby("longitude")
+    assert east["longitude"].values.min() == 0.0 and east["longitude"].values.max() > 180
+    a, b = apply_field_steps(era5, steps()), apply_field_steps(east, steps())
+    for v in VARIABLES:
+        np.testing.assert_allclose(a[v].values, b[v].values, rtol=1e-13, err_msg=v)
+
+
 def test_at_hour_takes_that_hour():
     t = pd.date_range("2001-03-01", periods=48, freq="h")
     grid = Grid.regular(4, 8)
@@ -209,6 +217,17 @@ def test_long_layout_with_tenths_and_parquet(stations, tmp_path):
     table = read_station_table(str(path), lay)
     assert len(table) == len(t) - 1
     np.testing.assert_allclose(table["value"], t["value"].iloc[1:], atol=0.05 + 1e-9)  # tenths of a degree
+
+
+def test_iso_times_and_string_missing_codes(stations, tmp_path):
+    obs, data, _, layout = stations
+    df = pd.read_csv(data, dtype={"ID": str})
+    df["DATE"] = pd.to_datetime(df["DATE"], format="%Y%m%d").dt.strftime("%Y-%m-%dT12:00:00")
+    df["PRES"] = df["PRES"].astype(object).where(df.index != 0, "NA")
+    df.to_csv(tmp_path / "isd.csv", index=False)
+    table = read_station_table(str(tmp_path / "isd.csv"), {**layout, "time_format": None,
+                                                            "missing_values": [-9999, "NA"]})
+    assert len(table) == len(obs) - 1 and (pd.DatetimeIndex(table["time"]).hour == 12).all()
 
 
 @pytest.mark.parametrize("edit, match", [
