@@ -161,6 +161,12 @@ def test_incomplete_day_and_missing_hour_are_named(era5):
         apply_field_steps(no_noon, steps(daily={"method": "at_hour", "hour": 12}))
 
 
+def test_extra_dimension_is_named(era5):
+    ens = xr.concat([era5, era5], dim="number")
+    with pytest.raises(IngestError, match=r"'t2m' has dims \['number', 'time', 'lat', 'lon'\].*\['number'\]"):
+        apply_field_steps(ens, steps())
+
+
 def test_global_check_accepts_pole_rows_and_cell_centred_grids():
     for lat in (np.linspace(-90, 90, 721), Grid.regular(48, 96).lat):
         check_global(xr.Dataset(coords={"lat": lat, "lon": np.arange(0, 360, 0.25)}))

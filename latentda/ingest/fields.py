@@ -154,6 +154,12 @@ def apply_field_steps(ds: xr.Dataset, steps: FieldSteps) -> xr.Dataset:
     ds = convert_variables(ds, steps.variables)
     ds = check_times(ds)
     ds = normalize_grid(ds)
+    for v in steps.names:
+        extra = [str(d) for d in ds[v].dims if d not in ("time", "lat", "lon")]
+        if extra or ds[v].ndim != 3:
+            raise IngestError(f"source variable {ds[v].attrs['source_variable']!r} has dims {list(ds[v].dims)}; "
+                              f"need (time, latitude, longitude): select or reduce {extra or 'the missing ones'} "
+                              "first (e.g. ERA5's expver or number)")
     check_global(ds)
     if steps.daily is not None:
         ds = to_daily(ds, steps.daily)
