@@ -112,7 +112,8 @@ def _spacing(x: np.ndarray) -> float:
 
 def check_global(ds: xr.Dataset, what: str = "the source grid") -> None:
     """Raise :class:`IngestError` unless lat/lon (normalised: ascending, lon in [0, 360)) cover the globe:
-    the outermost rows within one spacing of the poles, no longitude gap over 1.5 spacings (wrap included)."""
+    the outermost rows within one spacing of the poles, no latitude or longitude gap over 1.5 spacings (the
+    longitudes wrapping around)."""
     lat = np.asarray(ds["lat"].values, dtype=float)
     lon = np.asarray(ds["lon"].values, dtype=float)
     dlat, dlon = _spacing(lat), _spacing(lon)
@@ -120,6 +121,10 @@ def check_global(ds: xr.Dataset, what: str = "the source grid") -> None:
     if lat.size < 2 or lat[0] > -90 + dlat + tol or lat[-1] < 90 - dlat - tol:
         raise IngestError(f"{what} does not cover the globe: latitude {lat[0]:g}..{lat[-1]:g} "
                           f"(spacing {dlat:g}); it must reach within one spacing of -90 and 90")
+    if lat.size > 1 and np.diff(lat).max() > 1.5 * dlat + tol:
+        i = int(np.argmax(np.diff(lat)))
+        raise IngestError(f"{what} does not cover the globe: latitude has a gap of {lat[i + 1] - lat[i]:g} degrees "
+                          f"after {lat[i]:g} (spacing {dlat:g})")
     gaps = np.diff(np.concatenate([lon, [lon[0] + 360.0]]))
     if lon.size < 2 or gaps.max() > 1.5 * dlon + tol:
         i = int(np.argmax(gaps))
