@@ -16,7 +16,7 @@ import xarray as xr
 from ..grid import Grid, normalize_grid
 from .steps import DailyStep, FieldSteps, IngestError, VariableStep
 
-__all__ = ["unit_registry", "convert_variables", "check_times", "to_daily", "check_global",
+__all__ = ["unit_registry", "check_units", "convert_units", "check_times", "to_daily", "check_global",
            "regrid_conservative", "apply_field_steps"]
 
 
@@ -38,11 +38,10 @@ def _parse_unit(text: str, what: str):
         raise IngestError(f"unknown unit {text!r} of {what}: {err}") from None
 
 
-def convert_variables(ds: xr.Dataset, variables: dict[str, VariableStep]) -> xr.Dataset:
-    """Rename the declared source variables and convert them to the declared units (pint-xarray).
+def check_units(ds: xr.Dataset, variables: dict[str, VariableStep]) -> dict[str, tuple]:
+    """(source unit, target unit) of each declared source variable, parsed by pint and of one dimensionality.
 
-    x_target = pint conversion of x_source from its ``units`` attribute (or ``source_units``) to ``units``.
-    Lazy arrays stay lazy. Raises :class:`IngestError` naming a missing variable or an unknown/incompatible unit.
+    Reads attributes only. Raises :class:`IngestError` naming a missing variable or an unknown/incompatible unit.
     """
     missing = [src for src in variables if src not in ds.data_vars]
     if missing:
@@ -50,8 +49,7 @@ def convert_variables(ds: xr.Dataset, variables: dict[str, VariableStep]) -> xr.
                           f"it has {sorted(map(str, ds.data_vars))}")
     out = {}
     for src, step in variables.items():
-        da = ds[src]
-        src_units = step.source_units or da.attrs.get("units")
+        src_units = step.source_units or ds[src].attrs.get("units")
         if not src_units:
             raise IngestError(f"source variable {src!r} has no 'units' attribute; declare source_units for it")
         unit_in = _parse_unit(str(src_units), f"source variable {src!r}")
@@ -59,11 +57,13 @@ def convert_variables(ds: xr.Dataset, variables: dict[str, VariableStep]) -> xr.
         if unit_in.dimensionality != unit_out.dimensionality:
             raise IngestError(f"cannot convert {src!r} from {src_units!r} to {step.units!r} for {step.name!r}: "
                               f"{unit_in.dimensionality} is not {unit_out.dimensionality}")
-        attrs = {k: v for k, v in da.attrs.items() if k != "units"}
-        conv = da.pint.quantify(unit_in, unit_registry=unit_registry()).pint.to(unit_out).pint.dequantify()
-        conv.attrs = dict(attrs, units=step.units, source_variable=src, source_units=str(src_units))
-        out[step.name] = conv
-    return xr.Dataset(out, attrs=ds.attrs)
+        out[src] = (unit_in, unit_out)
+    return out
+
+
+def convert_units(da: xr.DataArray, unit_in, unit_out) -> xr.DataArray:
+    """x_target = pint conversion of x_source from ``unit_in`` to ``unit_out`` (pint-xarray; lazy stays lazy)."""
+    return da.pint.quantify(unit_in, unit_registry=unit_registry()).pint.to(unit_out).pint.dequantify()
 
 
 def check_times(ds: xr.Dataset) -> xr.Dataset:
@@ -153,25 +153,31 @@ def regrid_conservative(ds: xr.Dataset, grid: Grid) -> xr.Dataset:
 def apply_field_steps(ds: xr.Dataset, steps: FieldSteps) -> xr.Dataset:
     """All declared steps on a (lazy) source Dataset -> daily fields of ``steps.names`` (lazy, source precision).
 
-    Order: rename + units, duplicate-time check, latitude/longitude normalisation and coverage check (all
-    checks before any computation), daily aggregation, conservative regridding to ``steps.grid``.
+    Every check first, on coordinates and attributes only: variables and units, duplicated times, coverage of
+    the globe, dimensions. Then daily aggregation, latitude ascending / longitude in [0, 360), conservative
+    regridding to ``steps.grid``, and last the unit conversion (affine, so it commutes with the means that
+    aggregation and regridding take, and costs least on the smallest array).
     """
-    ds = convert_variables(ds, steps.variables)
-    ds = check_times(ds)
-    ds = normalize_grid(ds)
-    for v in steps.names:
-        extra = [str(d) for d in ds[v].dims if d not in ("time", "lat", "lon")]
-        if extra or ds[v].ndim != 3:
-            raise IngestError(f"source variable {ds[v].attrs['source_variable']!r} has dims {list(ds[v].dims)}; "
-                              f"need (time, latitude, longitude): select or reduce {extra or 'the missing ones'} "
-                              "first (e.g. ERA5's expver or number)")
-    check_global(ds)
+    units = check_units(ds, steps.variables)
+    names = {src: step.name for src, step in steps.variables.items()}
+    ds = check_times(ds[list(names)].rename(names))
+    check_global(normalize_grid(ds.drop_vars(list(ds.data_vars))))
     if steps.daily is not None:
         ds = to_daily(ds, steps.daily)
+    ds = normalize_grid(ds)
+    for src, v in names.items():
+        extra = [str(d) for d in ds[v].dims if d not in ("time", "lat", "lon")]
+        if extra or ds[v].ndim != 3:
+            raise IngestError(f"source variable {src!r} has dims {list(ds[v].dims)}; need (time, latitude, "
+                              f"longitude): select or reduce {extra or 'the missing ones'} first (e.g. ERA5's "
+                              "expver or number)")
     if steps.grid is not None:
         ds = regrid_conservative(ds, Grid.regular(steps.grid.nlat, steps.grid.nlon))
-    out = xr.Dataset({v: ds[v].transpose("time", "lat", "lon") for v in steps.names},
-                     coords={"time": ds["time"], "lat": ds["lat"], "lon": ds["lon"]}, attrs=ds.attrs)
-    for v in steps.names:
-        out[v].attrs = dict(ds[v].attrs)
-    return out
+    out = {}
+    for src, v in names.items():
+        conv = convert_units(ds[v].transpose("time", "lat", "lon"), *units[src])
+        attrs = {k: a for k, a in ds[v].attrs.items() if k != "units"}
+        conv.attrs = dict(attrs, units=steps.variables[src].units, source_variable=src,
+                          source_units=str(steps.variables[src].source_units or ds[v].attrs.get("units")))
+        out[v] = conv
+    return xr.Dataset(out, coords={"time": ds["time"], "lat": ds["lat"], "lon": ds["lon"]}, attrs=ds.attrs)
