@@ -278,3 +278,17 @@ def test_run_config_ingest_section(tmp_path):
     with pytest.raises(ValueError, match="element_column and value_column"):
         StationLayout.model_validate({**LAYOUT, "element_column": "ELEMENT",
                                       "stations": {"urlpath": "stations.csv"}})
+
+
+def test_training_store_key_follows_the_steps(tmp_path):
+    from tasks.ingest import ingest_key
+
+    cat = tmp_path / "cat.yaml"
+    cat.write_text("sources: {}\n")
+    args = (str(cat), "fields", VARIABLES, "2004-12-29", "2004-12-31", 0)
+    plain = ingest_key(*args)
+    assert ingest_key(*args, None) == plain  # no steps: the key (and a store made before) is unchanged
+    with_steps = ingest_key(*args, STEPS)
+    assert with_steps != plain
+    other = {**STEPS, "daily": {"method": "at_hour", "hour": 0}}
+    assert ingest_key(*args, other) != with_steps  # another declared step: the store is made again
