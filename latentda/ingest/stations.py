@@ -3,8 +3,8 @@ metadata, by a declared :class:`~.steps.StationLayout` (column mapping, units, m
 
 Output columns: time (datetime64, the day), station_id (str), lat (degrees north), lon (degrees east in
 [0, 360)), variable, value (in ``to_units``), error (std, ``to_units``), then the station metadata columns
-declared in ``stations.metadata_columns``. Rows holding a declared missing-value code are not observations and
-are left out; anything else that is not a number is an error naming the column and the value.
+declared in ``stations.metadata_columns``. Values equal to a declared missing-value code, and empty cells, are not
+observations and are left out; anything else that is not a number is an error naming the column and the value.
 """
 from __future__ import annotations
 
