@@ -168,6 +168,13 @@ def test_extra_dimension_is_named(era5):
         apply_field_steps(ens, steps())
 
 
+def test_cds_coordinates_are_dropped(era5, daily):
+    cds = era5.assign_coords(number=0, expver=("valid_time", np.full(48, "0001")))
+    out = apply_field_steps(cds, steps())
+    assert set(out.coords) == {"time", "lat", "lon"}
+    np.testing.assert_allclose(out["air_temperature"].values, daily["air_temperature"].values, rtol=1e-12)
+
+
 def test_global_check_accepts_pole_rows_and_cell_centred_grids():
     for lat in (np.linspace(-90, 90, 721), Grid.regular(48, 96).lat):
         check_global(xr.Dataset(coords={"lat": lat, "lon": np.arange(0, 360, 0.25)}))

@@ -156,7 +156,8 @@ def apply_field_steps(ds: xr.Dataset, steps: FieldSteps) -> xr.Dataset:
     Every check first, on coordinates and attributes only: variables and units, duplicated times, coverage of
     the globe, dimensions. Then daily aggregation, latitude ascending / longitude in [0, 360), conservative
     regridding to ``steps.grid``, and last the unit conversion (affine, so it commutes with the means that
-    aggregation and regridding take, and costs least on the smallest array).
+    aggregation and regridding take, and costs least on the smallest array). Other coordinates (e.g. ERA5's
+    scalar ``number`` or ``expver`` along time) are dropped: the output has time, lat and lon only.
     """
     units = check_units(ds, steps.variables)
     names = {src: step.name for src, step in steps.variables.items()}
@@ -175,9 +176,10 @@ def apply_field_steps(ds: xr.Dataset, steps: FieldSteps) -> xr.Dataset:
         ds = regrid_conservative(ds, Grid.regular(steps.grid.nlat, steps.grid.nlon))
     out = {}
     for src, v in names.items():
-        conv = convert_units(ds[v].transpose("time", "lat", "lon"), *units[src])
+        conv = convert_units(ds[v].reset_coords(drop=True).transpose("time", "lat", "lon"), *units[src])
         attrs = {k: a for k, a in ds[v].attrs.items() if k != "units"}
         conv.attrs = dict(attrs, units=steps.variables[src].units, source_variable=src,
                           source_units=str(steps.variables[src].source_units or ds[v].attrs.get("units")))
         out[v] = conv
-    return xr.Dataset(out, coords={"time": ds["time"], "lat": ds["lat"], "lon": ds["lon"]}, attrs=ds.attrs)
+    coords = {c: (c, ds[c].values, ds[c].attrs) for c in ("time", "lat", "lon")}
+    return xr.Dataset(out, coords=coords, attrs=ds.attrs)
