@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from latentda import backfill, storage
 from latentda.config import RunConfig, load_config
 from tasks.archive import init_archive, missing_days, register_archive, validate_archive
-from tasks.assimilate import assimilate_block, set_progress_hook, split_blocks
+from tasks.assimilate import assimilate_block, run_observations, set_progress_hook, split_blocks
 from tasks.evaluate import evaluate
 
 from . import BackfillIncomplete
@@ -62,6 +62,7 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
     t0 = time.perf_counter()
     cfg = load_config(config_path, overrides)
     s, e = backfill.day_range(cfg, start, end)
+    run_observations(cfg)  # read (and so check) the observation entry before the archive is created
     status = ensure_archive(cfg)
     all_missing = missing_days(cfg, str(cfg.archive.start), str(cfg.archive.end))
     wanted = [str(d.date()) for d in pd.date_range(s, e, freq="D")]

@@ -15,6 +15,8 @@ A run config names everything a production run needs::
     backfill: {start: 2005-01-01, end: 2005-01-31}   # default range of `latentda backfill` / `demo`
     cluster: {profile: local, n_workers: 2, threads_per_worker: 1, address: null, gpu: auto, options: {}}
     evaluation: {holdout_fraction: 0.0, quicklook_variable: null}
+    ingest: {fields: {variables: {t2m: {name: air_temperature, units: K}}, daily: {method: mean},
+                      grid: {nlat: 48, nlon: 96}}}   # optional: latentda.ingest.steps.IngestSteps
 
 Relative paths (catalog path, workdir, prior path, a local archive url, the output catalog) are resolved against
 the folder of the config file. :func:`config_hash` is the sha256 of the canonical JSON of the config as written
@@ -39,6 +41,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .da.options import AssimilationOptions
 from .prior.config import PriorConfig
+from .ingest.steps import IngestSteps
 from .storage import is_remote, is_sensitive_key
 
 __all__ = ["RunConfig", "ConfigError", "load_config", "config_from_dict", "config_hash", "redact_storage_options",
@@ -212,6 +215,7 @@ class RunConfig(_Strict):
     backfill: Period | None = None
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    ingest: IngestSteps | None = Field(None, description="declared ingestion steps (latentda.ingest.steps)")
 
     _hash: str | None = PrivateAttr(default=None)
     _source: str | None = PrivateAttr(default=None)
@@ -326,6 +330,8 @@ def config_hash(cfg: RunConfig | Mapping[str, Any]) -> str:
     the sections in :data:`HASH_EXCLUDE`."""
     d = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else json.loads(json.dumps(cfg, default=str))
     d = {k: v for k, v in d.items() if k not in HASH_EXCLUDE}
+    if d.get("ingest") is None:
+        d.pop("ingest", None)  # no ingestion steps: the hash of a config without them stays what it was
     if isinstance(d.get("archive"), dict):
         d["archive"] = dict(d["archive"])
         d["archive"]["storage_options"] = redact_storage_options(d["archive"].get("storage_options"))

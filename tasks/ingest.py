@@ -31,13 +31,32 @@ def train_period(config: RunConfig) -> tuple[str, str]:
     return str(period[0]), str(period[1])
 
 
+def field_steps(config: RunConfig) -> dict | None:
+    """The declared ingestion steps of the fields entry (run config ``ingest.fields``) as a dict, or None."""
+    return config.ingest.fields.model_dump(mode="json") if config.ingest and config.ingest.fields else None
+
+
 def ingest_key(config: RunConfig, start: str, end: str) -> str:
     """What determines the training store: the catalog file's own content, the fields entry, the variables, the
-    training period ``start..end``, the climatology harmonics and the latentda version."""
+    training period ``start..end``, the climatology harmonics, the latentda version and the ingestion steps."""
     with storage.open(config.catalog.path, "rb") as f:
         cat_bytes = f.read()
+    steps = field_steps(config)
+    extra = () if not steps else (json.dumps(steps, sort_keys=True),)
     return hash_objects(cat_bytes, config.catalog.fields, list(config.variables), str(start), str(end),
-                        int(config.prior.n_harmonics), latentda.__version__)
+                        int(config.prior.n_harmonics), latentda.__version__, *extra)
+
+
+def read_training_fields(config: RunConfig):
+    """The fields entry through the catalog, then the declared steps (``latentda.ingest.steps.FieldSteps``; none:
+    the entry is used as it is), on the normalised grid. Lazy; every check of the steps runs here."""
+    ds = catalog_io.read_fields(config.catalog.path, config.catalog.fields)
+    steps = config.ingest.fields if config.ingest else None
+    if steps:
+        from latentda.ingest.fields import apply_field_steps
+
+        ds = apply_field_steps(ds, steps)
+    return normalize_grid(ds)
 
 
 @task(name="ingest", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=5,
@@ -66,8 +85,7 @@ def ingest(config: RunConfig, refresh: bool = False) -> dict:
                     "end": str(t[-1].date()), "cached": True}
     except FileNotFoundError:
         pass
-    ds = catalog_io.read_fields(catalog_path, fields_entry)
-    ds = normalize_grid(ds)
+    ds = read_training_fields(config)
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
         raise KeyError(f"variable(s) {missing} not in catalog entry {fields_entry!r}; it has {sorted(ds.data_vars)}")

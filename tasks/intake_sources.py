@@ -1,4 +1,5 @@
-"""Intake (v1 YAML) data source for observation tables stored as Parquet, locally or on object storage."""
+"""Intake (v1 YAML) data sources for observation tables: Parquet tables in latentda's layout, and GHCN-Daily /
+ISD-like station files read by a declared layout. Local files or any fsspec URL (object storage)."""
 from __future__ import annotations
 
 import fsspec
@@ -6,26 +7,23 @@ import pandas as pd
 from intake.source.base import DataSource, Schema
 
 
-class ParquetTableSource(DataSource):
-    """Read one Parquet file (any fsspec URL) into a pandas DataFrame: ``driver: tasks.intake_sources.ParquetTableSource``."""
+class _TableSource(DataSource):
+    """One pandas DataFrame, read once by the subclass's ``_load`` and handed out as copies."""
 
     container = "dataframe"
-    name = "parquet_table"
     version = "1"
     partition_access = False
 
-    def __init__(self, urlpath: str, storage_options: dict | None = None, columns: list[str] | None = None,
-                 metadata: dict | None = None):
+    def __init__(self, metadata: dict | None = None):
         super().__init__(metadata=metadata)
-        self.urlpath = urlpath
-        self.storage_options = storage_options or {}
-        self.columns = columns
         self._df = None
+
+    def _load(self) -> pd.DataFrame:
+        raise NotImplementedError(f"{type(self).__name__} must define _load")
 
     def _get_schema(self):
         if self._df is None:
-            with fsspec.open(self.urlpath, "rb", **self.storage_options) as f:
-                self._df = pd.read_parquet(f, columns=self.columns)
+            self._df = self._load()
         return Schema(datashape=None, dtype=dict(self._df.dtypes.astype(str)), shape=self._df.shape,
                       npartitions=1, extra_metadata={})
 
@@ -39,3 +37,43 @@ class ParquetTableSource(DataSource):
 
     def _close(self):
         self._df = None
+
+
+class ParquetTableSource(_TableSource):
+    """Read one Parquet file (any fsspec URL) into a pandas DataFrame: ``driver: tasks.intake_sources.ParquetTableSource``."""
+
+    name = "parquet_table"
+
+    def __init__(self, urlpath: str, storage_options: dict | None = None, columns: list[str] | None = None,
+                 metadata: dict | None = None):
+        super().__init__(metadata=metadata)
+        self.urlpath = urlpath
+        self.storage_options = storage_options or {}
+        self.columns = columns
+
+    def _load(self) -> pd.DataFrame:
+        with fsspec.open(self.urlpath, "rb", **self.storage_options) as f:
+            return pd.read_parquet(f, columns=self.columns)
+
+
+class StationTableSource(_TableSource):
+    """A GHCN-Daily / ISD-like station file (CSV or Parquet, any fsspec URL) read by a declared layout into the
+    observation table with station metadata: ``driver: tasks.intake_sources.StationTableSource``.
+
+    ``layout`` is a :class:`latentda.ingest.steps.StationLayout` (column mapping, units, missing-value codes,
+    station list file); the reading and every check are :func:`latentda.ingest.stations.read_station_table`.
+    """
+
+    name = "station_table"
+
+    def __init__(self, urlpath: str, layout: dict, storage_options: dict | None = None,
+                 metadata: dict | None = None):
+        super().__init__(metadata=metadata)
+        self.urlpath = urlpath
+        self.layout = layout
+        self.storage_options = storage_options or {}
+
+    def _load(self) -> pd.DataFrame:
+        from latentda.ingest.stations import read_station_table
+
+        return read_station_table(self.urlpath, self.layout, self.storage_options)

@@ -152,6 +152,10 @@ def test_other_commands_exist_and_stay_on_loopback():
                 with contextlib.redirect_stdout(buf):
                     exec(code, {})
                 assert "distributed.cli.dask_worker" in buf.getvalue()
+        elif exe == "python" and argv[1] == "-m":  # a library module's command line: it must parse
+            import importlib
+
+            importlib.import_module(argv[2]).build_parser().parse_args(argv[3:])
         elif exe == "cp":
             assert (REPO / argv[1]).is_file(), cmd
         elif exe in ("dask", "moto_server"):
@@ -184,11 +188,29 @@ def test_yaml_snippets_are_valid_run_config_fragments():
     assert len(snippets) >= 4
     for snippet in snippets:
         frag = yaml.safe_load(snippet)
+        if isinstance(frag, dict) and set(frag) == {"sources"}:
+            check_catalog_fragment(frag)
+            continue
         assert isinstance(frag, dict) and set(frag) <= set(RunConfig.model_fields), snippet
         cfg = config_from_dict(deep_merge(demo, frag), base_dir=REPO / "deploy")
         if "cluster" in frag:
             runner = task_runner_from_cluster_config(cfg.cluster)  # builds, starts nothing
             assert runner is not None
+
+
+def check_catalog_fragment(frag: dict) -> None:
+    """An input-catalog snippet: every driver importable, every station layout valid."""
+    import importlib
+
+    from latentda.ingest.steps import StationLayout
+
+    for name, src in frag["sources"].items():
+        driver = src["driver"]
+        if "." in driver:
+            mod, cls = driver.rsplit(".", 1)
+            assert hasattr(importlib.import_module(mod), cls), (name, driver)
+        if driver.endswith("StationTableSource"):
+            StationLayout.model_validate(src["args"]["layout"])
 
 
 def test_python_snippets_compile():
