@@ -114,12 +114,32 @@ class GaussianSmoother:
         return torch.fft.irfft(xf, n=self.nlon, dim=-1)
 
     def apply(self, w: torch.Tensor) -> torch.Tensor:
-        """S w for w (..., nlat, nlon)."""
-        return torch.einsum("jk,...kl->...jl", self._A, self._lon(w))
+        """S w for w (..., nlat, nlon), float32 or float64 (the filter coefficients are float32 either way)."""
+        return torch.einsum("jk,...kl->...jl", self._A.to(w.dtype), self._lon(w))
 
     def apply_transpose(self, v: torch.Tensor) -> torch.Tensor:
-        """Sᵀ v for v (..., nlat, nlon) (F is symmetric)."""
-        return self._lon(torch.einsum("kj,...kl->...jl", self._A, v))
+        """Sᵀ v for v (..., nlat, nlon) (F is symmetric), float32 or float64."""
+        return self._lon(torch.einsum("kj,...kl->...jl", self._A.to(v.dtype), v))
+
+    def matrix(self, chunk: int = 1024) -> np.ndarray:
+        """S as a dense (npts, npts) float64 array acting on w.reshape(-1) (npts = nlat·nlon; O(nlat npts²))."""
+        nlat, nlon = self.grid.shape
+        npts = nlat * nlon
+        cols = np.empty((npts, npts), dtype=np.float64)  # row q: S e_q
+        for q0 in range(0, npts, chunk):
+            q1 = min(q0 + chunk, npts)
+            e = torch.zeros((q1 - q0, npts), dtype=torch.float64, device=self._A.device)
+            e[torch.arange(q1 - q0), torch.arange(q0, q1)] = 1.0
+            cols[q0:q1] = self.apply(e.reshape(-1, nlat, nlon)).reshape(q1 - q0, npts).cpu().numpy()
+        return np.ascontiguousarray(cols.T)
+
+    def correlation_table(self) -> np.ndarray:
+        """T (nlat, nlat, nlon) float64 with (S Sᵀ)[(j, i), (j', i')] = T[j, j', (i − i') mod nlon]:
+        T[j, j', Δ] = Σ_k A_jk A_j'k c_k(Δ), c_k = irfft(spec_k²) the kernel of F_k F_kᵀ."""
+        spec = self._spec.double().cpu()
+        c = torch.fft.irfft(spec ** 2, n=self.nlon, dim=-1)  # (nlat, nlon)
+        A = self._A.double().cpu()
+        return torch.einsum("jk,ik,kd->jid", A, A, c).numpy()
 
 
 @dataclass
@@ -212,13 +232,42 @@ class RepresentationError:
         return ObsRepresentation(cov=cov, rows=rows, gt=gt, hm=hm)
 
     def variance_at_observations(self, operator: PointOperator) -> np.ndarray:
-        """Var(H eta) = diag(G Gᵀ) at each observation, (nobs,) float64 (squared physical units)."""
+        """Var(H eta) = diag(G Gᵀ) at each observation, (nobs,) float64 (squared physical units).
+
+        Up to nlat·nlon observations from the rows of G (O(n·npts)); beyond, from the correlation table of S
+        (:meth:`variance_from_table`, O(n), equal to round-off)."""
+        if operator.nobs > self.amplitude[0].numel():
+            return self.variance_from_table(operator)
         rep = self.at_observations(operator, covariance=False)
         var = np.zeros(operator.nobs)
         for c, r in rep.rows.items():
             var[r.cpu().numpy()] = (rep.gt[c].double() ** 2).sum(-1).cpu().numpy()
         if rep.hm is not None:
             var += (rep.hm.double() ** 2).sum(-1).cpu().numpy()
+        return var
+
+    def variance_from_table(self, operator: PointOperator) -> np.ndarray:
+        """diag(G Gᵀ + U Uᵀ) in O(n): var_i = Σ_ab h_ia h_ib D_a D_b (S Sᵀ)_ab over the pairs of grid points a, b
+        that observation i reads (4 inside the grid, the whole outermost row poleward of it), with (S Sᵀ)_ab from
+        :meth:`GaussianSmoother.correlation_table`; plus Σ_k (H M)_ik². (nobs,) float64."""
+        nlat, nlon = self.grid.shape
+        hs = operator.to_sparse().tocsr()
+        cnt = np.diff(hs.indptr)
+        row = np.repeat(np.arange(operator.nobs), cnt)  # observation of each nonzero
+        reps = cnt[row]
+        a = np.repeat(np.arange(hs.nnz), reps)  # each nonzero paired with every nonzero of its row
+        start = np.repeat(np.cumsum(reps) - reps, reps)
+        b = hs.indptr[row[a]] + (np.arange(a.size) - start)
+        table = self.smoother.correlation_table()
+        dflat = self.amplitude.double().reshape(-1).cpu().numpy()
+        col = hs.indices
+        j, i = (col % (nlat * nlon)) // nlon, col % nlon
+        contrib = (hs.data[a] * hs.data[b] * dflat[col[a]] * dflat[col[b]]
+                   * table[j[a], j[b], (i[a] - i[b]) % nlon])
+        var = np.bincount(row[a], weights=contrib, minlength=operator.nobs)
+        if self.modes is not None:
+            hsc = hs @ sp.diags(self.modes_scale.reshape(-1).double().cpu().numpy())
+            var += ((hsc @ self.modes_columns.astype(np.float64)) ** 2).sum(-1)
         return var
 
     def increment(self, rep: ObsRepresentation, weights: torch.Tensor) -> torch.Tensor:
