@@ -17,12 +17,7 @@ from latentda.obs.operator import PointOperator
 from latentda.testing import synthetic_fields, synthetic_observations, tiny_prior
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _setup(n_modes: int, n: int = 60, poles: bool = True):

@@ -164,22 +164,22 @@ class GridCovariance:
                                            device=dev, check_invariants=True).coalesce()
         self.channels = [int(c) for c in np.unique(operator.channel)]
         self.D = rep.amplitude.double()  # (C, nlat, nlon)
-        smat = rep.smoother.matrix()  # S (npts, npts) float64 numpy
+        smat = rep.smoother.matrix().cpu()  # S (npts, npts) float64
         winv = sp.diags(1.0 / sig ** 2)
-        factors = []
-        for c in self.channels:
+        self._chol = torch.empty((len(self.channels), npts, npts), dtype=torch.float64)
+        for idx, c in enumerate(self.channels):
             hc = hs[:, c * npts:(c + 1) * npts]
-            d = self.D[c].reshape(-1).cpu().numpy()
+            d = self.D[c].reshape(-1, 1).cpu()
             k = (hc.T @ winv @ hc).tocsr()  # Hᵀ R_o⁻¹ H (npts, npts), sparse
-            y = d[:, None] * (k @ (d[:, None] * smat))  # D K D S (npts, npts)
-            # (Sᵀ y)ᵀ by the smoother's own transpose applied to the columns of y: O(nlat npts²), not npts³
-            sty = rep.smoother.apply_transpose(torch.as_tensor(np.ascontiguousarray(y.T)).reshape(npts, nlat, nlon))
-            p = sty.reshape(npts, npts)
-            p = 0.5 * (p + p.T) + torch.eye(npts, dtype=torch.float64)
-            del y, sty
-            factors.append(torch.linalg.cholesky(p))
+            y = torch.from_numpy(k @ (d * smat).numpy()).mul_(d)  # Y = D K D S
+            # (Sᵀ Y)ᵀ: the smoother's transpose on the rows of Yᵀ (contiguous fields, FFT along the last axis),
+            # O(nlat npts²) instead of npts³; P is symmetric, so this is P − I
+            p = rep.smoother.apply_transpose(y.T.contiguous().reshape(npts, nlat, nlon)).reshape(npts, npts)
+            del y
+            p.diagonal().add_(1.0)  # P = I + Sᵀ D K D S (cholesky reads its lower triangle)
+            torch.linalg.cholesky(p, out=self._chol[idx])
             del p
-        self._chol = torch.stack(factors).to(dev)  # (Cu, npts, npts)
+        self._chol = self._chol.to(dev)  # (Cu, npts, npts)
         self._chan_idx = torch.as_tensor(self.channels, device=dev)
         self.n_modes = rep.n_modes
         if self.n_modes:
