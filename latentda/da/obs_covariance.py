@@ -166,7 +166,7 @@ class GridCovariance:
         self.D = rep.amplitude.double()  # (C, nlat, nlon)
         smat = rep.smoother.matrix().cpu()  # S (npts, npts) float64
         winv = sp.diags(1.0 / sig ** 2)
-        self._chol = torch.empty((len(self.channels), npts, npts), dtype=torch.float64)
+        self._chol = torch.empty((len(self.channels), npts, npts), dtype=torch.float64, device=dev)
         for idx, c in enumerate(self.channels):
             hc = hs[:, c * npts:(c + 1) * npts]
             d = self.D[c].reshape(-1, 1).cpu()
@@ -174,12 +174,11 @@ class GridCovariance:
             y = torch.from_numpy(k @ (d * smat).numpy()).mul_(d)  # Y = D K D S
             # (Sᵀ Y)ᵀ: the smoother's transpose on the rows of Yᵀ (contiguous fields, FFT along the last axis),
             # O(nlat npts²) instead of npts³; P is symmetric, so this is P − I
-            p = rep.smoother.apply_transpose(y.T.contiguous().reshape(npts, nlat, nlon)).reshape(npts, npts)
+            p = rep.smoother.apply_transpose(y.T.contiguous().reshape(npts, nlat, nlon).to(dev)).reshape(npts, npts)
             del y
             p.diagonal().add_(1.0)  # P = I + Sᵀ D K D S (cholesky reads its lower triangle)
             torch.linalg.cholesky(p, out=self._chol[idx])
             del p
-        self._chol = self._chol.to(dev)  # (Cu, npts, npts)
         self._chan_idx = torch.as_tensor(self.channels, device=dev)
         self.n_modes = rep.n_modes
         if self.n_modes:
