@@ -2,7 +2,8 @@
 """Scaling benchmark of the latent assimilation: seconds and peak memory per analysed day against the number of
 observations, the grid size and the ensemble size; seconds and memory per training epoch against the grid size.
 
-Every point analyses ``--repeats`` different days (median reported) with ``latentda.assimilate`` (default options,
+Every point analyses ``--repeats`` different days (median reported; the repeats are the outer loop, so a change
+of load on a shared machine hits every point alike) with ``latentda.assimilate`` (default options,
 QC off so that every observation is used: ``qc_threshold=inf``). Sweeps (each at the defaults of the others):
 
 * observations per day ``--obs`` (default 400,1600,3200,6400,12800,25600; 4 variables per station) at
@@ -19,7 +20,7 @@ the linear algebra, not of a trained prior's iteration counts. Training: one epo
 days per grid (``latentda.prior.train_prior``, batch 32), reported per 1000 training days.
 
 Peak memory: on the CPU the largest resident-set growth over the process's size before the call (sampled every
-5 ms); on CUDA ``torch.cuda.max_memory_allocated``. Log-log slopes (least squares of log seconds on log size) are
+5 ms, after ``malloc_trim`` hands freed heap pages back); on CUDA ``torch.cuda.max_memory_allocated``. Log-log slopes (least squares of log seconds on log size) are
 printed for each sweep, and for observations also over 1,600 .. 25,600 per day (the issue's criterion).
 
 How to run (from the repository root; 1 thread, in the background on a shared machine)::
@@ -31,6 +32,9 @@ How to run (from the repository root; 1 thread, in the background on a shared ma
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import json
 import math
 import os
@@ -62,6 +66,7 @@ from latentda.prior.train import PriorConfig, train_prior  # noqa: E402
 from latentda.prior.vae import ConvVAE  # noqa: E402
 from latentda.testing import synthetic_fields, synthetic_observations  # noqa: E402
 
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
 VARIABLES = ("air_temperature", "eastward_wind", "northward_wind", "surface_air_pressure")
 
 
@@ -83,6 +88,9 @@ class PeakMemory:
             self._stop.wait(0.005)
 
     def __enter__(self) -> "PeakMemory":
+        gc.collect()
+        if self.device.type != "cuda" and _LIBC is not None:
+            _LIBC.malloc_trim(0)  # hand freed heap pages back, so that the baseline is what is really in use
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -120,26 +128,45 @@ def random_prior(nlat: int, nlon: int, latent_dim: int, base_channels: int, devi
     return prior, fields
 
 
-def time_days(prior, fields, n_obs: int, members: int, repeats: int, device: torch.device, **options) -> dict:
-    """Median seconds and peak memory per analysed day over ``repeats`` days, n_obs = 4 x stations."""
-    secs, mems, used = [], [], []
-    stations = max(1, n_obs // len(VARIABLES))
-    for k in range(repeats):
-        day = pd.Timestamp(fields["time"].values[10 + 7 * k])
-        obs = synthetic_observations(fields, n=stations, seed=100 + k, time=day)
-        with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
-            ds = latentda.assimilate(prior, obs, day, members=members, seed=k, qc_threshold=math.inf, **options)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            secs.append(time.perf_counter() - t0)
-        mems.append(mem.peak)
-        used.append(int(ds["obs_used"].values.item()))
+def predicted_form(prior, n_obs: int, members: int, form: str = "auto") -> str:
+    """The covariance form ``assimilate`` will use for n_obs = 4 x stations (``choose_form``'s flop model)."""
     nlat, nlon = prior.grid.shape
-    form = choose_form({c: stations for c in range(len(VARIABLES))}, nlat * nlon, nlat, members,
-                       form=options.get("covariance_form", "auto")).form
-    return {"seconds": float(np.median(secs)), "seconds_all": secs, "peak_mb": float(np.median(mems)) / 2 ** 20,
-            "obs_used": int(np.median(used)), "form_used": form}
+    stations = max(1, n_obs // len(VARIABLES))
+    return choose_form({c: stations for c in range(len(VARIABLES))}, nlat * nlon, nlat, members, form=form).form
+
+
+def time_day(prior, fields, n_obs: int, members: int, k: int, device: torch.device, **options) -> dict:
+    """Seconds, peak memory growth (MiB) and observations used of one analysed day (day index 10 + 7k)."""
+    stations = max(1, n_obs // len(VARIABLES))
+    day = pd.Timestamp(fields["time"].values[10 + 7 * k])
+    obs = synthetic_observations(fields, n=stations, seed=100 + k, time=day)
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        ds = latentda.assimilate(prior, obs, day, members=members, seed=k, qc_threshold=math.inf, **options)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        sec = time.perf_counter() - t0
+    return {"seconds": sec, "peak_mb": mem.peak / 2 ** 20, "obs_used": int(ds["obs_used"].values.item())}
+
+
+def run_interleaved(cases: list[dict], repeats: int, device: torch.device) -> list[dict]:
+    """Time every case (dict with prior, fields, obs, members, form, and labels) on ``repeats`` days, the repeats
+    outermost so that a change of machine load during the run hits every case alike; medians per case."""
+    runs: list[list[dict]] = [[] for _ in cases]
+    for k in range(repeats):
+        for case, out in zip(cases, runs):
+            out.append(time_day(case["prior"], case["fields"], case["obs"], case["members"], k, device,
+                                covariance_form=case["form"]))
+            print(f"  repeat {k}: {case['label']} {out[-1]['seconds']:.2f} s", flush=True)
+    result = []
+    for case, out in zip(cases, runs):
+        labels = {key: v for key, v in case.items() if key not in ("prior", "fields", "label")}
+        result.append({**labels, "seconds": float(np.median([o["seconds"] for o in out])),
+                       "seconds_all": [o["seconds"] for o in out],
+                       "peak_mb": float(np.median([o["peak_mb"] for o in out])),
+                       "obs_used": int(np.median([o["obs_used"] for o in out])),
+                       "form_used": predicted_form(case["prior"], case["obs"], case["members"], case["form"])})
+    return result
 
 
 def time_training(nlat: int, nlon: int, days: int, latent_dim: int, base_channels: int, device: torch.device) -> dict:
@@ -209,25 +236,28 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(kw), flush=True)
 
     nlat0, nlon0 = a.base_grid[0]
+    cases: list[dict] = []
     if sweeps & {"obs", "members"}:
         prior, fields = random_prior(nlat0, nlon0, a.latent_dim, a.base_channels, a.device)
+        base = dict(prior=prior, fields=fields, grid=f"{nlat0}x{nlon0}")
         if "obs" in sweeps:
             for n in a.obs:
-                r = time_days(prior, fields, n, a.members, a.repeats, device, covariance_form="auto")
-                record(sweep="obs", grid=f"{nlat0}x{nlon0}", obs=n, members=a.members, form="auto", **r)
-                if n <= a.dense_max and r["form_used"] != "obs":  # the dense path of before, same run
-                    r = time_days(prior, fields, n, a.members, a.repeats, device, covariance_form="obs")
-                    record(sweep="obs", grid=f"{nlat0}x{nlon0}", obs=n, members=a.members, form="obs", **r)
+                cases.append(dict(base, sweep="obs", obs=n, members=a.members, form="auto", label=f"{n} obs"))
+                if n <= a.dense_max and predicted_form(prior, n, a.members) != "obs":  # the dense path of before
+                    cases.append(dict(base, sweep="obs", obs=n, members=a.members, form="obs",
+                                      label=f"{n} obs, dense form"))
         if "members" in sweeps:
-            for m in a.member_sweep:
-                r = time_days(prior, fields, a.grid_obs, m, a.repeats, device)
-                record(sweep="members", grid=f"{nlat0}x{nlon0}", obs=a.grid_obs, members=m, form="auto", **r)
-    for nlat, nlon in a.grids:
-        if "grid" in sweeps:
+            cases += [dict(base, sweep="members", obs=a.grid_obs, members=m, form="auto", label=f"{m} members")
+                      for m in a.member_sweep]
+    if "grid" in sweeps:
+        for nlat, nlon in a.grids:
             prior, fields = random_prior(nlat, nlon, a.latent_dim, a.base_channels, a.device)
-            r = time_days(prior, fields, a.grid_obs, a.members, a.repeats, device)
-            record(sweep="grid", grid=f"{nlat}x{nlon}", npts=nlat * nlon, obs=a.grid_obs, members=a.members,
-                   form="auto", **r)
+            cases.append(dict(prior=prior, fields=fields, grid=f"{nlat}x{nlon}", npts=nlat * nlon, sweep="grid",
+                              obs=a.grid_obs, members=a.members, form="auto", label=f"{nlat}x{nlon}"))
+    for r in run_interleaved(cases, a.repeats, device):
+        record(**r)
+    del cases
+    for nlat, nlon in a.grids:
         if "train" in sweeps:
             r = time_training(nlat, nlon, a.train_days, a.latent_dim, a.base_channels, device)
             record(sweep="train", grid=f"{nlat}x{nlon}", npts=nlat * nlon, **r)
