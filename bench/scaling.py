@@ -27,6 +27,7 @@ How to run (from the repository root; 1 thread, in the background on a shared ma
 
     .venv/bin/python bench/scaling.py --threads 1 --json out/scaling.json > out/scaling.log 2>&1 &
     .venv/bin/python bench/scaling.py --quick --threads 1          # a minute: small sweeps
+    .venv/bin/python bench/scaling.py --table out/scaling.json     # the README tables of a run
     .venv/bin/python bench/scaling.py --device cuda --grids 181x360 --members 32 --json out/scaling_gpu.json
 """
 from __future__ import annotations
@@ -187,6 +188,21 @@ def slope(x, y) -> float:
     return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
 
 
+def markdown_tables(points: list[dict]) -> str:
+    """The README tables of a run: per analysed day (observations, members, grids) and per training epoch."""
+    rows = ["| sweep | grid | obs/day | members | R form | s/day (median) | peak MiB |",
+            "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
+    for q in points:
+        if q["sweep"] != "train":
+            rows.append(f"| {q['sweep']} | {q['grid']} | {q['obs']} | {q['members']} | {q['form_used']}"
+                        f"{' (forced)' if q['form'] != 'auto' else ''} | {q['seconds']:.2f} | {q['peak_mb']:.0f} |")
+    rows += ["", "| grid | grid points | s/epoch | s per 1000 training days | peak MiB |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    rows += [f"| {q['grid']} | {q['npts']} | {q['epoch_seconds']:.2f} ({q['train_days']} days) | "
+             f"{q['seconds_per_1000_days']:.1f} | {q['peak_mb']:.0f} |" for q in points if q["sweep"] == "train"]
+    return "\n".join(rows)
+
+
 def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v]
 
@@ -217,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="small sweeps (about a minute)")
     p.add_argument("--json", default=None, help="write every measured point here")
+    p.add_argument("--table", default=None, metavar="JSON", help="only print the markdown tables of a --json file")
     a = p.parse_args(argv)
+    if a.table:
+        print(markdown_tables(json.loads(Path(a.table).read_text())["points"]))
+        return 0
     if a.quick:
         a.obs, a.dense_max, a.grids, a.member_sweep = [400, 1600], 1600, [(16, 32), (19, 36)], [4, 8]
         a.base_grid, a.repeats, a.latent_dim, a.base_channels, a.train_days = [(16, 32)], 1, 16, 8, 64
