@@ -33,7 +33,7 @@ from ..obs.operator import PointOperator
 from .ensemble import RepresentationError
 
 FORMS = ("auto", "obs", "grid")
-#: assumed batched cost evaluations per day in the cost model of :func:`choose_form` (measured: 10-40)
+#: batched cost evaluations per day assumed by the flop model of :func:`choose_form` (a rough upper value)
 _EVALUATIONS = 30
 #: the grid form keeps about this many npts × npts float64 matrices alive while it is built
 _GRID_MATRICES = 5
