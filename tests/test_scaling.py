@@ -150,3 +150,25 @@ def _with_modes(prior, modes: np.ndarray):
     p.recon_modes = modes
     p.recon_std = np.sqrt(prior.recon_std ** 2 + (modes ** 2).sum(0)).astype(np.float32)
     return p
+
+
+def test_grid_form_with_unobserved_channels():
+    """Observations of one channel out of three (with residual modes coupling the channels): the grid form
+    factorises only that channel and still equals the dense form; the increment reaches the other channels
+    through the modes only."""
+    grid = Grid.regular(8, 16)
+    rep = RepresentationError(grid, 0.5 + torch.rand(3, 8, 16, generator=torch.Generator().manual_seed(0)), 2000.0,
+                              modes=torch.randn(2, 3, 8, 16, generator=torch.Generator().manual_seed(1)) * 0.2)
+    rng = np.random.default_rng(0)
+    n = 30
+    op = PointOperator(grid, rng.uniform(-80, 80, n), rng.uniform(0, 360, n), np.full(n, 1), nchannels=3)
+    sigma = rng.uniform(0.5, 1.0, n)
+    dense, gridf = DenseCovariance(rep, op, sigma), GridCovariance(rep, op, sigma)
+    assert gridf.channels == [1] and gridf._chol.shape[0] == 1
+    r = torch.as_tensor(rng.standard_normal((2, n)))
+    torch.testing.assert_close(gridf.solve(r), dense.solve(r), rtol=1e-5, atol=1e-6)
+    v = dense.solve(r).float()
+    inc = gridf.increment(v)
+    torch.testing.assert_close(inc, dense.increment(v), rtol=1e-4, atol=1e-5)
+    no_modes = RepresentationError(grid, rep.amplitude, 2000.0)
+    assert torch.count_nonzero(GridCovariance(no_modes, op, sigma).increment(v)[:, [0, 2]]) == 0
