@@ -49,20 +49,10 @@ import sys
 import time as _time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from early_threads import early_threads  # noqa: E402
 
-def _early_threads(argv: list[str]) -> int | None:
-    """Apply ``--threads N`` before numpy/torch load their thread pools (BLAS reads the env at import)."""
-    for k, a in enumerate(argv):
-        if a.startswith("--threads"):
-            val = a.split("=", 1)[1] if "=" in a else (argv[k + 1] if k + 1 < len(argv) else "")
-            if val.isdigit() and int(val) > 0:
-                for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-                    os.environ[var] = val
-                return int(val)
-    return None
-
-
-_THREADS = _early_threads(sys.argv[1:])
+_THREADS = early_threads(sys.argv[1:])
 
 import numpy as np
 import pandas as pd

@@ -44,10 +44,18 @@ class Grid:
         return cls(ds["lat"].values, ds["lon"].values)
 
     @classmethod
-    def regular(cls, nlat: int, nlon: int) -> "Grid":
-        """Cell-centred equiangular grid: nlat rows 180/nlat degrees apart, nlon columns from 0 east."""
-        dlat = 180.0 / nlat
-        return cls(-90 + dlat / 2 + dlat * np.arange(nlat), 360.0 / nlon * np.arange(nlon))
+    def regular(cls, nlat: int, nlon: int, poles: bool = False) -> "Grid":
+        """Equiangular grid, nlon columns from 0 east: cell-centred rows 180/nlat degrees apart, or with
+        ``poles=True`` rows 180/(nlat − 1) apart from −90 to 90 inclusive (ERA5's layout: 73 x 144 at 2.5°,
+        121 x 240 at 1.5°, 181 x 360 at 1°)."""
+        if poles:
+            if nlat < 3:
+                raise ValueError(f"a grid with pole rows needs nlat >= 3, got {nlat}")
+            lat = np.linspace(-90.0, 90.0, nlat)
+        else:
+            dlat = 180.0 / nlat
+            lat = -90 + dlat / 2 + dlat * np.arange(nlat)
+        return cls(lat, 360.0 / nlon * np.arange(nlon))
 
     def weights(self) -> np.ndarray:
         """Latitude area weights cos(lat), shape (nlat,), normalised to mean 1 (WeatherBench2 convention)."""

@@ -61,7 +61,7 @@ def _basis(grid: Grid, lmax: int = 4) -> np.ndarray:
 
 def synthetic_fields(ntime: int = 400, nlat: int = 16, nlon: int = 32,
                      variables: Sequence[str] = ("air_temperature", "eastward_wind"), seed: int = 0,
-                     start: str = "2000-01-01", seasonal: bool = True) -> xr.Dataset:
+                     start: str = "2000-01-01", seasonal: bool = True, poles: bool = False) -> xr.Dataset:
     """Daily synthetic fields (time, lat, lon) in physical units with CF attributes.
 
     ``x_v(t) = b_v(lat) + [S_v sin(lat) cos(2 pi (doy - 200) / 365.25) if seasonal] + A_v sum_k a_k(t) P_vk + noise``
@@ -69,12 +69,13 @@ def synthetic_fields(ntime: int = 400, nlat: int = 16, nlon: int = 32,
     smooth patterns ``P_vk`` (random combinations of low-order associated Legendre x Fourier modes), and 5% white
     noise: low-dimensional, so a tiny VAE fits them. Known variables: air_temperature (K), eastward_wind,
     northward_wind (m s-1), surface_air_pressure (Pa); any other name gets units "1". Grid: cell-centred regular
-    ``nlat`` x ``nlon``. Same arguments -> same values.
+    ``nlat`` x ``nlon`` (``poles=True``: with pole rows, ``Grid.regular(nlat, nlon, poles=True)``). Same arguments
+    -> same values.
     """
     if ntime < 1 or nlat < 2 or nlon < 2:
         raise ValueError(f"ntime={ntime}, nlat={nlat}, nlon={nlon}: need ntime >= 1, nlat >= 2, nlon >= 2")
     variables = [variables] if isinstance(variables, str) else list(variables)
-    grid = Grid.regular(nlat, nlon)
+    grid = Grid.regular(nlat, nlon, poles=poles)
     time = pd.date_range(start, periods=ntime, freq="D")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2024]))
     # AR(1) mode amplitudes, stationary start: a_t = r a_{t-1} + sqrt(1 - r^2) e_t

@@ -113,3 +113,16 @@ class World:
 def world(session_tmp, tiny_prior_path) -> World:
     path, prior = tiny_prior_path
     return World(session_tmp / "world", list(prior.variables), path)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of many tiny tensor operations (on a shared 2-core machine one thread is
+    several times faster than two fighting threads); restored afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,7 +15,7 @@ import xarray as xr
 from latentda.grid import Grid
 from latentda.normalization import climatology_at
 from latentda.prior import ConvVAE, PriorConfig, load_prior, remainder_std, residual_modes, train_prior
-from latentda.prior.vae import choose_n_down, pad_sphere
+from latentda.prior.vae import choose_n_down, grid_padding, pad_sphere
 from latentda.testing import TINY_PRIOR_CONFIG, synthetic_fields, synthetic_observations, tiny_prior
 
 FAST = dict(TINY_PRIOR_CONFIG, epochs=2, kl_warmup_epochs=1)
@@ -222,14 +222,19 @@ def test_config_defaults_and_roundtrip():
     assert PriorConfig.model_validate(cfg.model_dump()) == cfg
 
 
-def test_grid_shape_must_be_divisible():
+def test_n_down_choice_and_padding():
+    """Grids 2**n divides keep their n (and network); others are padded to the next multiple, not refused."""
     assert choose_n_down(48, 96) == 3 and choose_n_down(16, 32) == 3 and choose_n_down(12, 24) == 2
-    with pytest.raises(ValueError, match="15x30"):
-        train_prior(synthetic_fields(ntime=40, nlat=15, nlon=30), FAST, progress=False)
-    with pytest.raises(ValueError, match="12x24"):
-        choose_n_down(12, 24, n_down=3)
+    assert choose_n_down(73, 144) == 3 and choose_n_down(15, 30) == 3 and choose_n_down(12, 24, n_down=3) == 3
+    assert grid_padding(48, 96, 3) == (0, 0, 0) and grid_padding(73, 144, 3) == (3, 4, 0)
+    assert grid_padding(181, 360, 3) == (1, 2, 0) and grid_padding(19, 36, 2) == (0, 1, 0)
+    with pytest.raises(ValueError, match="2x8"):
+        choose_n_down(2, 8)
     m = ConvVAE(4, 48, 96, latent_dim=64, base_channels=8)
     assert m.decode(torch.zeros(2, 64)).shape == (2, 4, 48, 96)
+    m = ConvVAE(2, 19, 37, latent_dim=8, base_channels=4)
+    assert m.decode(torch.zeros(2, 8)).shape == (2, 2, 19, 37) and m.coarse == (3, 5)
+    assert m.encode(torch.zeros(2, 2, 19, 37))[0].shape == (2, 8)
 
 
 def test_spherical_padding():

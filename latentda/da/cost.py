@@ -8,21 +8,25 @@ For member m with prior draw z_p,m ∈ R^d and perturbed observations ỹ_m ∈ 
 with g(z) = prior.to_physical(prior.decode(z), time) = decode(z) · s_clim + m_clim (C, nlat, nlon) and H the
 bilinear :class:`~latentda.obs.operator.PointOperator` reading the channel of each observation's variable. With a
 diagonal R = diag(σ²) this is the issue's ``½‖z − z_p‖² + ½ Σ ((y + ε − H(g(z))) / σ)²``; with representation error
-R = R_o + Cov(H eta) is a full matrix and L its Cholesky factor (see :mod:`latentda.da.ensemble`).
+R = R_o + Cov(H eta) is a full matrix and L its Cholesky factor (see :mod:`latentda.da.ensemble`), or, with many
+observations, a Woodbury form whose whitening is signed, rᵀ R⁻¹ r = ‖u₊‖² − ‖u₋‖²
+(:mod:`latentda.da.obs_covariance`).
 """
 from __future__ import annotations
 
 import torch
 
 from ..obs.operator import PointOperator
+from .obs_covariance import CholeskyCovariance, DiagonalCovariance, Whitened, signed_inner, signed_quad
 
 
 class LatentCost:
     """J(z) for a batch of members, on the prior's device.
 
     ``z_prior``: (M, d) prior draws; ``target``: (M, n) perturbed observations ỹ_m (physical units);
-    ``mean``/``std``: (C, nlat, nlon) climatology of the day; either ``sigma`` (n,) for a diagonal R or ``chol``
-    (n, n) lower Cholesky factor of a full R.
+    ``mean``/``std``: (C, nlat, nlon) climatology of the day; exactly one of ``sigma`` (n,) for a diagonal R,
+    ``chol`` (n, n) lower Cholesky factor of a full R, or ``covariance``: an object of
+    :mod:`latentda.da.obs_covariance` (``whiten(r)`` -> :class:`Whitened`, ``solve(r)`` -> R⁻¹ r).
 
     Precision: z, the decoder and H g(z) are float32; the residual, its whitening and the sums of J are float64
     (``target``, ``sigma`` and ``chol`` are kept as float64). A float32 triangular solve and sum over n ~ 10³
@@ -32,9 +36,9 @@ class LatentCost:
 
     def __init__(self, prior, operator: PointOperator, mean: torch.Tensor, std: torch.Tensor,
                  z_prior: torch.Tensor, target: torch.Tensor, *, sigma: torch.Tensor | None = None,
-                 chol: torch.Tensor | None = None) -> None:
-        if (sigma is None) == (chol is None):
-            raise ValueError("give exactly one of sigma (diagonal R) or chol (Cholesky factor of R)")
+                 chol: torch.Tensor | None = None, covariance=None) -> None:
+        if sum(x is not None for x in (sigma, chol, covariance)) != 1:
+            raise ValueError("give exactly one of sigma (diagonal R), chol (Cholesky factor of R) or covariance")
         if target.shape != (z_prior.shape[0], operator.nobs):
             raise ValueError(f"target must be (members, nobs) = ({z_prior.shape[0]}, {operator.nobs}), "
                              f"got {tuple(target.shape)}")
@@ -43,6 +47,9 @@ class LatentCost:
         self.z_prior, self.target = z_prior, target.double()
         self.sigma = None if sigma is None else sigma.double()
         self.chol = None if chol is None else chol.double()
+        if covariance is None:
+            covariance = DiagonalCovariance(sigma) if sigma is not None else CholeskyCovariance(chol)
+        self.covariance = covariance
 
     def fields(self, z: torch.Tensor) -> torch.Tensor:
         """g(z): (B, d) -> (B, C, nlat, nlon) physical units."""
@@ -52,26 +59,24 @@ class LatentCost:
         """H g(z): (B, d) -> (B, n)."""
         return self.operator.apply_torch(self.fields(z))
 
-    def whiten(self, r: torch.Tensor) -> torch.Tensor:
-        """L⁻¹ r for residuals r (B, n) -> (B, n), float64."""
-        r = r.double()
-        if self.sigma is not None:
-            return r / self.sigma
-        return torch.linalg.solve_triangular(self.chol, r.T, upper=False).T
+    def whiten(self, r: torch.Tensor) -> torch.Tensor | Whitened:
+        """L⁻¹ r for residuals r (B, n) -> (B, n), float64; a signed :class:`Whitened` for a Woodbury R."""
+        u = self.covariance.whiten(r)
+        return u.plus if u.minus is None else u
 
     def __call__(self, z: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """J_m(z_m) for members ``idx`` (default all): z (b, d) -> (b,)."""
         if idx is None:
             idx = torch.arange(z.shape[0], device=z.device)
-        u = self.whiten(self.target[idx] - self.observe(z).double())
-        return 0.5 * ((z - self.z_prior[idx]).double() ** 2).sum(-1) + 0.5 * (u ** 2).sum(-1)
+        u = self.covariance.whiten(self.target[idx] - self.observe(z).double())
+        return 0.5 * ((z - self.z_prior[idx]).double() ** 2).sum(-1) + 0.5 * signed_quad(u)
 
     def linearise(self, z0: torch.Tensor | None = None, step: float = 1e-2,
-                  chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Whitened]:
         """Gauss-Newton linearisation of the observation term at ``z0`` (d,) (default 0, the prior mean).
 
         Returns ``P = (I + Jᵀ R⁻¹ J)⁻¹`` (d, d) float32, ``H g(z0)`` (n,) float64 and ``W = (L⁻¹ J)ᵀ`` (d, n)
-        float64, with J = ∂(H g)/∂z at z0 by forward differences of step ``step`` (d + 1 decoder evaluations, no
+        float64 (a signed :class:`Whitened` for a Woodbury R), with J = ∂(H g)/∂z at z0 by forward differences of step ``step`` (d + 1 decoder evaluations, no
         gradients, ``chunk`` perturbed latents per decoder batch: 32 is the fastest on CPUs; the O(step) error is immaterial
         for a preconditioner and a warm start). P is the inverse
         Gauss-Newton Hessian (at a mode: the Laplace posterior covariance of Böhm & Seljak's MAP + Laplace), shared
@@ -88,25 +93,26 @@ class LatentCost:
             # differences of standardised anomalies (no cancellation of the climatological mean), then H(s ⊙ ·)
             jt = torch.cat([self.operator.apply_torch((self.prior.decode(Z[k:k + chunk]) - a0) * self.std)
                             for k in range(0, d, chunk)]) / step  # Jᵀ (d, n)
-            w = self.whiten(jt)  # rows: (L⁻¹ J e_i)ᵀ -> (d, n)
-        a = torch.eye(d, dtype=torch.float64, device=dev) + w @ w.T
+            w = self.covariance.whiten(jt)  # rows: (L⁻¹ J e_i)ᵀ -> (d, n)
+        a = torch.eye(d, dtype=torch.float64, device=dev) + signed_inner(w, w)
         p = torch.linalg.inv(a)
-        return (0.5 * (p + p.T)).to(torch.float32), hz0, w
+        return (0.5 * (p + p.T)).to(torch.float32), hz0, (w.plus if w.minus is None else w)
 
     def gauss_newton_preconditioner(self, z0: torch.Tensor | None = None, step: float = 1e-2) -> torch.Tensor:
         """P = (I + Jᵀ R⁻¹ J)⁻¹ (d, d) at ``z0`` (default 0); see :meth:`linearise`."""
         return self.linearise(z0, step)[0]
 
     def linearised_solution(self, z_hat: torch.Tensor, P: torch.Tensor, hz_hat: torch.Tensor,
-                            w: torch.Tensor) -> torch.Tensor:
+                            w: torch.Tensor | Whitened) -> torch.Tensor:
         """Minimisers (M, d) of every member's cost with H g linearised at ``z_hat``::
 
             z_m = ẑ + P [(z_p,m − ẑ) + Jᵀ R⁻¹ (ỹ_m − H g(ẑ))]
 
         (``P``, ``hz_hat``, ``w`` from :meth:`linearise` at ẑ): exact for a linear decoder, a warm start otherwise.
         """
-        u = self.whiten(self.target - hz_hat)  # (M, n) float64
-        rhs = (self.z_prior - z_hat).double() + u @ w.T
+        u = self.covariance.whiten(self.target - hz_hat)  # (M, n) float64
+        w = w if isinstance(w, Whitened) else Whitened(w, None)
+        rhs = (self.z_prior - z_hat).double() + signed_inner(u, w)
         return (z_hat.double() + rhs @ P.double()).to(torch.float32)
 
     def value_and_grad(self, z: torch.Tensor, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

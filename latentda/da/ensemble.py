@@ -78,7 +78,9 @@ class GaussianSmoother:
     """Normalised Gaussian smoother S on a regular lat/lon grid, acting on (..., nlat, nlon) tensors.
 
     ``S w`` has unit variance at every grid point for white ``w`` and correlation ≈ exp(-d²/(2 L²)).
-    ``length_scale_km``: L > 0. Needs equally spaced longitudes (FFT along longitude).
+    ``length_scale_km``: L > 0. Needs equally spaced longitudes (FFT along longitude). On a grid with pole rows
+    (latitude ±90) S = Z A F with Z the zonal mean of the pole rows: the pole is one point, so S w is one value
+    along a pole row (Z is the identity without pole rows).
     """
 
     def __init__(self, grid: Grid, length_scale_km: float, device: torch.device | str = "cpu") -> None:
@@ -103,6 +105,9 @@ class GaussianSmoother:
         dy = EARTH_RADIUS_KM * (phi[:, None] - phi[None, :])
         A = np.exp(-0.5 * (dy / ell) ** 2)
         var = (A ** 2 * f_norm2[None, :]).sum(axis=1)
+        pole = np.abs(grid.lat) >= 90.0
+        var[pole] = (A[pole] ** 2).sum(axis=1) / nlon  # Var(zonal mean of F_k w_k) = spec_k(0)² / nlon = 1 / nlon
+        self._poles = torch.as_tensor(np.nonzero(pole)[0], device=device)
         A = A / np.sqrt(var)[:, None]
         self.grid, self.length_scale_km = grid, L
         self.nlon = nlon
@@ -113,13 +118,42 @@ class GaussianSmoother:
         xf = torch.fft.rfft(x, dim=-1) * self._spec
         return torch.fft.irfft(xf, n=self.nlon, dim=-1)
 
+    def _zonal_poles(self, x: torch.Tensor, lat_dim: int = -2, lon_dim: int = -1) -> torch.Tensor:
+        """Z x: the pole rows (if any) replaced by their zonal mean (Z = Zᵀ); x itself without pole rows."""
+        if not self._poles.numel():
+            return x
+        rows = x.index_select(lat_dim, self._poles)
+        return x.index_copy(lat_dim % x.ndim, self._poles, rows.mean(lon_dim, keepdim=True).expand_as(rows))
+
     def apply(self, w: torch.Tensor) -> torch.Tensor:
-        """S w for w (..., nlat, nlon)."""
-        return torch.einsum("jk,...kl->...jl", self._A, self._lon(w))
+        """S w for w (..., nlat, nlon), float32 or float64 (the filter coefficients are float32 either way)."""
+        return self._zonal_poles(torch.einsum("jk,...kl->...jl", self._A.to(w.dtype), self._lon(w)))
 
     def apply_transpose(self, v: torch.Tensor) -> torch.Tensor:
-        """Sᵀ v for v (..., nlat, nlon) (F is symmetric)."""
-        return self._lon(torch.einsum("kj,...kl->...jl", self._A, v))
+        """Sᵀ v for v (..., nlat, nlon) (F and Z are symmetric), float32 or float64."""
+        return self._lon(torch.einsum("kj,...kl->...jl", self._A.to(v.dtype), self._zonal_poles(v)))
+
+    def matrix(self) -> torch.Tensor:
+        """S as a dense (npts, npts) float64 tensor acting on w.reshape(-1) (npts = nlat·nlon), built directly:
+        S[(j, i), (k, l)] = A_jk f_k((i − l) mod nlon), f_k = irfft(spec_k) the kernel of row k's filter."""
+        nlat, nlon = self.grid.shape
+        f = torch.fft.irfft(self._spec.double(), n=nlon, dim=-1)  # (nlat, nlon)
+        lag = (torch.arange(nlon)[:, None] - torch.arange(nlon)[None, :]) % nlon
+        circ = f[:, lag.to(f.device)]  # (k, i, l)
+        s = torch.einsum("jk,kil->jikl", self._A.double(), circ)  # (j, i, k, l)
+        return self._zonal_poles(s, lat_dim=0, lon_dim=1).reshape(nlat * nlon, nlat * nlon)
+
+    def correlation_table(self) -> np.ndarray:
+        """T (nlat, nlat, nlon) float64 with (S Sᵀ)[(j, i), (j', i')] = T[j, j', (i − i') mod nlon]:
+        T[j, j', Δ] = Σ_k A_jk A_j'k c_k(Δ), c_k = irfft(spec_k²) the kernel of F_k F_kᵀ."""
+        spec = self._spec.double().cpu()
+        c = torch.fft.irfft(spec ** 2, n=self.nlon, dim=-1)  # (nlat, nlon)
+        A = self._A.double().cpu()
+        table = torch.einsum("jk,ik,kd->jid", A, A, c)
+        for p in self._poles.cpu().tolist():  # Z at a pole row: the lag-mean of c_k, spec_k(0)² / nlon = 1 / nlon
+            table[p] = (A[p] @ A.T / self.nlon)[:, None]
+            table[:, p] = (A @ A[p] / self.nlon)[:, None]
+        return table.numpy()
 
 
 @dataclass
@@ -212,13 +246,42 @@ class RepresentationError:
         return ObsRepresentation(cov=cov, rows=rows, gt=gt, hm=hm)
 
     def variance_at_observations(self, operator: PointOperator) -> np.ndarray:
-        """Var(H eta) = diag(G Gᵀ) at each observation, (nobs,) float64 (squared physical units)."""
+        """Var(H eta) = diag(G Gᵀ) at each observation, (nobs,) float64 (squared physical units).
+
+        Up to nlat·nlon observations from the rows of G (O(n·npts)); beyond, from the correlation table of S
+        (:meth:`variance_from_table`, O(n), equal to round-off)."""
+        if operator.nobs > self.amplitude[0].numel():
+            return self.variance_from_table(operator)
         rep = self.at_observations(operator, covariance=False)
         var = np.zeros(operator.nobs)
         for c, r in rep.rows.items():
             var[r.cpu().numpy()] = (rep.gt[c].double() ** 2).sum(-1).cpu().numpy()
         if rep.hm is not None:
             var += (rep.hm.double() ** 2).sum(-1).cpu().numpy()
+        return var
+
+    def variance_from_table(self, operator: PointOperator) -> np.ndarray:
+        """diag(G Gᵀ + U Uᵀ) in O(n): var_i = Σ_ab h_ia h_ib D_a D_b (S Sᵀ)_ab over the pairs of grid points a, b
+        that observation i reads (4 inside the grid, the whole outermost row poleward of it), with (S Sᵀ)_ab from
+        :meth:`GaussianSmoother.correlation_table`; plus Σ_k (H M)_ik². (nobs,) float64."""
+        nlat, nlon = self.grid.shape
+        hs = operator.to_sparse().tocsr()
+        cnt = np.diff(hs.indptr)
+        row = np.repeat(np.arange(operator.nobs), cnt)  # observation of each nonzero
+        reps = cnt[row]
+        a = np.repeat(np.arange(hs.nnz), reps)  # each nonzero paired with every nonzero of its row
+        start = np.repeat(np.cumsum(reps) - reps, reps)
+        b = hs.indptr[row[a]] + (np.arange(a.size) - start)
+        table = self.smoother.correlation_table()
+        dflat = self.amplitude.double().reshape(-1).cpu().numpy()
+        col = hs.indices
+        j, i = (col % (nlat * nlon)) // nlon, col % nlon
+        contrib = (hs.data[a] * hs.data[b] * dflat[col[a]] * dflat[col[b]]
+                   * table[j[a], j[b], (i[a] - i[b]) % nlon])
+        var = np.bincount(row[a], weights=contrib, minlength=operator.nobs)
+        if self.modes is not None:
+            hsc = hs @ sp.diags(self.modes_scale.reshape(-1).double().cpu().numpy())
+            var += ((hsc @ self.modes_columns.astype(np.float64)) ** 2).sum(-1)
         return var
 
     def increment(self, rep: ObsRepresentation, weights: torch.Tensor) -> torch.Tensor:

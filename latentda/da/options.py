@@ -41,6 +41,9 @@ class AssimilationOptions(BaseModel):
     ftol: float = Field(1e-7, ge=0, allow_inf_nan=False, description="relative round-off floor of J")
     max_linesearch: StrictInt = Field(10, ge=1)
     precondition: StrictBool = Field(True, description="Gauss-Newton preconditioner and linearised member starts")
+    covariance_form: Literal["auto", "obs", "grid"] = Field(
+        "auto", description="R = R_o + G G^T: 'obs' (dense n x n Cholesky), 'grid' (Woodbury in grid space, cost "
+                            "independent of n), 'auto' (the cheaper; latentda.da.obs_covariance)")
 
     @field_validator("qc_threshold")
     @classmethod

@@ -55,6 +55,7 @@ from ..obs.operator import PointOperator
 from ..obs.schema import QC_OK, validate_observations
 from .cost import LatentCost
 from .options import AssimilationOptions, as_options
+from .obs_covariance import observation_covariance
 from ..prior.residual import remainder_std
 from .ensemble import (STREAM_LATENT, STREAM_MODES, STREAM_OBS, STREAM_REPR, RepresentationError, day_ordinal,
                        default_length_scale_km, member_normals)
@@ -140,8 +141,14 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
         when that lowers its cost; ~5x fewer batched evaluations than plain L-BFGS from z_p,m, same minima).
         Unknown options raise ValueError.
 
-    Cost and memory: besides the decoder passes, O(n²) memory and O(n³) time for the Cholesky factor of R and
-    O(n · nlat · nlon) for Gᵀ (n used observations): fine for thousands of observations per day.
+        ``covariance_form``: how R = R_o + G Gᵀ is handled (:mod:`latentda.da.obs_covariance`): "obs" (dense
+        n × n Cholesky, the original path), "grid" (Woodbury in grid space: O(n) plus one npts × npts Cholesky
+        per channel), "auto" (default: the cheaper by a flop model; both agree to round-off).
+
+    Cost and memory: besides the decoder passes, "obs": O(n²) memory and O(n³) time for the Cholesky factor of
+    R and O(n · nlat · nlon) for Gᵀ (n used observations); "grid": O(n) + O(C npts³) time, O(C npts²) memory,
+    independent of n (npts = nlat · nlon). "auto" follows the flop model of ``choose_form`` (48 x 96, 4 variables,
+    32 members: "grid" from about 8,400 observations per day; never where ~5 npts² float64 exceed 4 GB).
 
     Returns
     -------
@@ -261,22 +268,20 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
         eps = torch.as_tensor(member_normals(seed, ordinal, STREAM_OBS, members, (n,)), device=dev) * sigma
     else:
         eps = torch.zeros((members, n), dtype=torch.float32, device=dev)
-    chol = obs_rep = None
+    rcov = None
     if rep is not None:
         # built from the used rows only, so rejected rows cannot change a single bit of the analysis
-        obs_rep = rep.at_observations(op)
-        R = obs_rep.cov + torch.diag(torch.as_tensor(sig64 ** 2))
-        chol = torch.linalg.cholesky(R).to(dev)  # float64
+        rcov = observation_covariance(rep, op, sig64, members, opts.covariance_form)
     with torch.no_grad():
         # ỹ_m = y + eps_o,m − G w_p,m (eta_p = 0 without representation error), float64
         target = (torch.as_tensor(y64, device=dev) + eps.double() - op.apply_torch(eta_p).double())
 
-    cost = LatentCost(prior, op, mean, std, z_p, target, sigma=None if chol is not None else sigma, chol=chol)
+    obs_term = dict(covariance=rcov) if rcov is not None else dict(sigma=sigma)
+    cost = LatentCost(prior, op, mean, std, z_p, target, **obs_term)
     solve = opts.solver()
     h0, z0, mode_iterations = None, z_p, 0
     if opts.precondition:
         # 1) posterior mode ẑ of the unperturbed problem (z_p = 0, ỹ = y): one cheap single-member solve
-        obs_term = dict(sigma=None, chol=chol) if chol is not None else dict(sigma=sigma)
         zero = torch.zeros((1, d), device=dev)
         cost0 = LatentCost(prior, op, mean, std, zero, torch.as_tensor(y64[None], device=dev), **obs_term)
         r0 = minimize_batched(cost0.value_and_grad, zero, **solve)
@@ -298,8 +303,8 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
         xa = cost.fields(res.z)
         if mode == "augmented":
             resid = target - op.apply_torch(xa).double()  # ỹ_m − H g(z_m)
-            v = torch.cholesky_solve(resid.T, chol).T.float()  # R⁻¹ (ỹ_m − H g(z_m))
-            xa = xa + eta_p + rep.increment(obs_rep, v)
+            v = rcov.solve(resid).float()  # R⁻¹ (ỹ_m − H g(z_m))
+            xa = xa + eta_p + rcov.increment(v)
         hxa_mean = op.apply_torch(xa.mean(0, keepdim=True)).double().cpu().numpy()[0]
         hxb_mean = op.apply_torch(xb.mean(0, keepdim=True)).double().cpu().numpy()[0]
     diag.update(fit_before=rms_departure(y64, hxb_mean, sig64), fit_after=rms_departure(y64, hxa_mean, sig64),

@@ -5,6 +5,11 @@ Shapes: fields are ``(B, C, nlat, nlon)`` standardised anomalies (one channel pe
 Padding is explicit, so that every convolution sees the sphere's topology: circular in longitude (the field is
 periodic across the dateline/Greenwich seam) and replicate in latitude (the rows next to the poles are repeated).
 
+Any nlat x nlon works: a grid that 2**n_down does not divide (e.g. 73 x 144, 121 x 240, 181 x 360 with their pole
+rows) is padded once on the way in to the next multiple (:func:`grid_padding`: the extra rows split between the
+two poles and replicated from the outermost row, the extra columns wrapped around circularly) and the generator's
+output is cropped back. Grids that divide are not padded: same network, same bits, same checkpoints.
+
 Encoder: ``n_down`` stride-2 3x3 convolutions (channels ``base * 2**k``, capped at ``4 * base``), each followed by
 SiLU, then a linear layer to ``(mu, logvar)``. Decoder (the generator ``g(z)``): a linear layer back to the coarsest
 feature map, then ``n_down`` sub-pixel upsamplings (3x3 convolution at the coarse resolution to 4x the channels,
@@ -61,21 +66,42 @@ def level_channels(base_channels: int, n_down: int, max_mult: int = 4) -> list[i
     return [base_channels * min(2 ** k, max_mult) for k in range(n_down)]
 
 
+def _padded(size: int, n_down: int) -> int:
+    """The smallest multiple of 2**n_down >= size."""
+    f = 2 ** n_down
+    return -(-size // f) * f
+
+
+def grid_padding(nlat: int, nlon: int, n_down: int) -> tuple[int, int, int]:
+    """(south rows, north rows, east columns) that pad an nlat x nlon grid to multiples of 2**n_down.
+
+    The extra rows are split between the poles (the odd one to the north); the columns are appended east of the
+    last longitude, wrapped around from the first. All zero when 2**n_down divides both sizes.
+    """
+    extra = _padded(nlat, n_down) - nlat
+    return extra // 2, extra - extra // 2, _padded(nlon, n_down) - nlon
+
+
 def choose_n_down(nlat: int, nlon: int, n_down: int | None = None, max_down: int = 3) -> int:
     """Number of stride-2 levels for an ``nlat x nlon`` grid.
 
     With ``n_down=None``: the largest n <= ``max_down`` such that 2**n divides both sizes and the coarsest map keeps
-    >= 2 rows. Raises ValueError naming the shape if not even one halving is possible (or the requested n is not).
+    >= 2 rows (the grids of earlier versions keep their network); if no n >= 1 divides, ``max_down`` with padding
+    (:func:`grid_padding`) as long as the padded coarsest map keeps >= 2 rows. A given ``n_down`` is used with
+    padding where needed. ValueError naming the shape if the grid is too small for even one halving.
     """
+    if nlat < 2 or nlon < 2:
+        raise ValueError(f"grid shape {nlat}x{nlon} (nlat x nlon) is too small for the VAE (>= 2 x 2)")
     if n_down is None:
         for n in range(max_down, 0, -1):
             if nlat % 2 ** n == 0 and nlon % 2 ** n == 0 and nlat // 2 ** n >= 2:
                 return n
-        raise ValueError(f"grid shape {nlat}x{nlon} (nlat x nlon) cannot be halved: the VAE needs nlat and nlon "
-                         "divisible by 2**n_down (n_down >= 1, 3 preferred); regrid to e.g. 48x96 or 16x32")
-    if n_down < 1 or nlat % 2 ** n_down or nlon % 2 ** n_down or nlat // 2 ** n_down < 1:
-        raise ValueError(f"grid shape {nlat}x{nlon} (nlat x nlon) is not divisible by 2**n_down = {2 ** n_down} "
-                         f"(n_down={n_down}); choose a smaller n_down or regrid (e.g. 48x96, 16x32)")
+        for n in range(max_down, 0, -1):
+            if _padded(nlat, n) // 2 ** n >= 2:
+                return n
+        raise ValueError(f"grid shape {nlat}x{nlon} (nlat x nlon) cannot be halved: the VAE needs >= 3 rows")
+    if n_down < 1 or _padded(nlat, n_down) // 2 ** n_down < 1:
+        raise ValueError(f"n_down={n_down} is impossible for grid shape {nlat}x{nlon} (nlat x nlon); use n_down >= 1")
     return int(n_down)
 
 
@@ -101,7 +127,8 @@ class SubPixelUp(nn.Module):
 class ConvVAE(nn.Module):
     """Convolutional VAE: ``encode`` (B, C, nlat, nlon) -> (mu, logvar) each (B, L); ``decode`` (B, L) -> fields.
 
-    Parameters: ``in_channels`` C; grid ``nlat``, ``nlon`` (divisible by 2**n_down); ``latent_dim`` L;
+    Parameters: ``in_channels`` C; grid ``nlat``, ``nlon`` (any; padded internally to multiples of 2**n_down,
+    see :func:`grid_padding`); ``latent_dim`` L;
     ``base_channels``; ``n_down`` (see :func:`choose_n_down`); ``max_mult``: channel cap as a multiple of
     ``base_channels`` (see :func:`level_channels`; 1 = the same width at every level).
     """
@@ -118,7 +145,9 @@ class ConvVAE(nn.Module):
         self.latent_dim = int(latent_dim)
         self.max_mult = int(max_mult)
         self.channels = level_channels(int(base_channels), self.n_down, self.max_mult)
-        self.coarse = (self.nlat // 2 ** self.n_down, self.nlon // 2 ** self.n_down)
+        self.pad = grid_padding(self.nlat, self.nlon, self.n_down)  # (south, north, east)
+        self.coarse = (_padded(self.nlat, self.n_down) // 2 ** self.n_down,
+                       _padded(self.nlon, self.n_down) // 2 ** self.n_down)
         nflat = self.channels[-1] * self.coarse[0] * self.coarse[1]
 
         enc: list[nn.Module] = []
@@ -148,14 +177,31 @@ class ConvVAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, nlat, nlon) -> mu (B, L), logvar (B, L) (clamped to :data:`LOGVAR_RANGE`)."""
-        h = self.encoder(x).flatten(1)
+        h = self.encoder(self._pad_input(x)).flatten(1)
         mu, logvar = self.to_latent(h).chunk(2, dim=1)
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Generator g(z): (B, L) -> (B, C, nlat, nlon) standardised anomalies."""
         h = F.silu(self.from_latent(z)).view(z.shape[0], self.channels[-1], *self.coarse)
-        return self.decoder(h)
+        return self._crop(self.decoder(h))
+
+    def _pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, nlat, nlon) -> the padded grid: rows replicated beyond the poles, columns wrapped (no-op if none)."""
+        south, north, east = self.pad
+        if east:
+            x = torch.cat([x, x[..., :east]], dim=-1)
+        if south or north:
+            x = torch.cat([x[..., :1, :].expand(*x.shape[:-2], south, x.shape[-1]), x,
+                           x[..., -1:, :].expand(*x.shape[:-2], north, x.shape[-1])], dim=-2)
+        return x
+
+    def _crop(self, y: torch.Tensor) -> torch.Tensor:
+        """The padded grid -> (B, C, nlat, nlon) (no-op if no padding)."""
+        south, north, east = self.pad
+        if south or north or east:
+            y = y[..., south:south + self.nlat, :self.nlon]
+        return y
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
         """Reparameterised pass: z = mu + exp(logvar / 2) * eps; returns (x_hat, mu, logvar). eps=None uses z = mu."""
