@@ -1,0 +1,231 @@
+"""Finn's (2019) amortised analysis network: x_a = f_θ(x_b, y, ε), one forward pass per cycle.
+
+A stochastic network maps one background member x_b,m (n,), the observations y (p,) and noise ε_m ~ N(0, I)
+to an analysis member; the ensemble is made by independent noise per member, like a stochastic EnKF (Finn 2019,
+slides "Adversarial variational Bayes for DA" and "Used neural network"). With ``ensemble_inputs`` (default) the
+network also sees the background ensemble mean and standard deviation per variable (the flow-dependent
+information Finn lists as an open question); without it, it is Finn's network without ensemble information.
+
+Architecture: Finn's "linear layers only", applied locally: for each variable i the same MLP sees the ``window``
+neighbours (periodic) of the input channels [x_b,m, (x̄_b, s_b), Hᵀy, Hᵀ1, Hᵀ1 ⊙ (Hᵀy − x_b,m), ε (k channels)]
+and returns the increment, x_a,m,i = x_b,m,i + σ_c · g_θ(window_i), σ_c = 3.6 the climatological standard
+deviation (Lorenz-96 is translation invariant, so one local network serves every variable: few weights, cheap,
+and every cycle gives n training examples).
+
+Loss (instead of Finn's adversarial AVB, unstable by his own account): the fair ensemble CRPS of the analysis
+members against the truth, averaged over variables and cycles,
+    CRPS_fair = 1/N Σ_m |x_a,m − x_t| − 1/(2N(N−1)) Σ_{m,m'} |x_a,m − x_a,m'|,
+a proper score whose minimiser makes the members exchangeable draws from p(x_t | inputs): calibrated spread.
+Training data are simulated cycles on truths of other seeds than the benchmark's: round 1 the forecasts of a
+teacher LETKF, later rounds the forecasts of the network cycling itself (DAgger), so it is trained on the
+backgrounds it produces.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .twin import Twin, TwinConfig, ensemble_spread, make_twin, run_twin
+
+CLIM_MEAN, CLIM_STD = 2.3, 3.6  # Lorenz-96, F = 8: per-variable climatological mean and standard deviation
+
+
+@dataclass(frozen=True)
+class AmortisedConfig:
+    """Network size, data and training budget of the amortised analysis (``steps`` per round bound the
+    training; ``max_minutes`` is only a safety stop, logged if hit)."""
+
+    members: int = 20
+    hidden: int = 64
+    layers: int = 2                  # hidden layers of the local MLP
+    window: int = 9                  # neighbours seen by each variable's analysis (odd)
+    noise_channels: int = 2
+    ensemble_inputs: bool = True
+    data_cycles: int = 3000          # simulated cycles per data round
+    rounds: int = 2                  # 1: teacher data only; >1: then the network's own cycles (DAgger)
+    steps: int = 1500                # gradient steps per round
+    batch: int = 8                   # cycles per gradient step (each with all members)
+    lr: float = 2e-3
+    max_minutes: float = 4.0
+    seed: int = 0
+    train_seed: int = 1000           # truths for training: train_seed, train_seed + 1, ...
+
+    def __post_init__(self) -> None:
+        if self.members < 2:
+            raise ValueError(f"amortised ensemble size must be >= 2, got members={self.members}")
+        if self.window < 1 or self.window % 2 == 0:
+            raise ValueError(f"AmortisedConfig.window must be odd and >= 1, got {self.window}")
+        for name in ("hidden", "layers", "rounds", "steps", "batch", "data_cycles"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"AmortisedConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+class AnalysisNet(nn.Module):
+    """f_θ(x_b, y, ε) for a fixed selection operator H (p, n); see the module docstring."""
+
+    def __init__(self, config: AmortisedConfig, H: torch.Tensor):
+        super().__init__()
+        self.config = config
+        p, n = H.shape
+        self.n = n
+        self.register_buffer("H", H.detach().to(torch.float32).cpu().clone())
+        self.register_buffer("mask", self.H.sum(0).clamp(max=1.0))
+        w = config.window
+        self.register_buffer("idx", (torch.arange(n)[:, None] + torch.arange(w)[None, :] - w // 2) % n)
+        cin = (1 + (2 if config.ensemble_inputs else 0) + 3 + config.noise_channels) * w
+        layers: list[nn.Module] = [nn.Linear(cin, config.hidden), nn.GELU()]
+        for _ in range(config.layers - 1):
+            layers += [nn.Linear(config.hidden, config.hidden), nn.GELU()]
+        out = nn.Linear(config.hidden, 1)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.mlp = nn.Sequential(*layers, out)
+
+    def forward(self, xb: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``xb`` (B, N, n), ``y`` (B, p), ``eps`` (B, N, k, n) -> analysis members (B, N, n) in xb's dtype."""
+        B, N, n = xb.shape
+        xs = (xb.to(torch.float32) - CLIM_MEAN) / CLIM_STD
+        yg = ((y.to(torch.float32) @ self.H - CLIM_MEAN) / CLIM_STD * self.mask)[:, None].expand(B, N, n)
+        mask = self.mask.expand(B, N, n)
+        chans = [xs]
+        if self.config.ensemble_inputs:
+            chans += [xs.mean(1, keepdim=True).expand(B, N, n), xs.std(1, keepdim=True).expand(B, N, n)]
+        chans += [yg, mask, (yg - xs) * mask]
+        h = torch.cat([torch.stack(chans, -1), eps.to(torch.float32).transpose(-1, -2)], -1)  # (B, N, n, C)
+        h = h[:, :, self.idx].reshape(B, N, n, -1)                    # windows of w neighbours: (B, N, n, w·C)
+        dx = self.mlp(h)[..., 0]
+        return xb + (CLIM_STD * dx).to(xb.dtype)
+
+    def noise(self, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """ε (batch, N, k, n) ~ N(0, I) from ``generator``."""
+        c = self.config
+        return torch.randn(batch, c.members, c.noise_channels, self.n, generator=generator, device=device)
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"config": asdict(self.config), "H": self.H, "state": self.state_dict()}, path)
+
+
+def load_net(path: str | Path, device: str | torch.device = "cpu") -> AnalysisNet:
+    """A network written by :meth:`AnalysisNet.save` (``weights_only=True``)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    net = AnalysisNet(AmortisedConfig(**blob["config"]), blob["H"])
+    net.load_state_dict(blob["state"])
+    return net.to(device).eval()
+
+
+def fair_crps(members: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Mean fair ensemble CRPS of ``members`` (B, N, n) against ``truth`` (B, n) (formula in the module doc)."""
+    N = members.shape[1]
+    skill = (members - truth[:, None]).abs().mean(1)
+    pair = (members[:, :, None] - members[:, None, :]).abs().sum((1, 2)) / (2 * N * (N - 1))
+    return (skill - pair).mean()
+
+
+@dataclass
+class AmortisedMethod:
+    """Cycling wrapper for :func:`.twin.run_twin`: one forward pass per cycle, fresh noise per member."""
+
+    net: AnalysisNet
+
+    @property
+    def members(self) -> int:
+        return self.net.config.members
+
+    def analyse(self, E, y, twin: Twin, generator):
+        with torch.no_grad():
+            eps = self.net.noise(1, generator, E.device)
+            return self.net(E[None], y[None], eps)[0]
+
+    def spread(self, E) -> float:
+        return ensemble_spread(E)
+
+
+@dataclass
+class _Recorder:
+    """Wraps a method and keeps the forecast ensembles it was given."""
+
+    inner: object
+    forecasts: list
+
+    @property
+    def members(self) -> int:
+        return self.inner.members
+
+    def analyse(self, E, y, twin, generator):
+        self.forecasts.append(E.detach().clone())
+        return self.inner.analyse(E, y, twin, generator)
+
+    def spread(self, E) -> float:
+        return self.inner.spread(E)
+
+
+def simulate_cycles(method, cfg: TwinConfig, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cycle ``method`` on the twin ``cfg``: forecasts (K, N, n), observations (K, p), truth (K, n)."""
+    twin = make_twin(cfg, device=device)
+    rec = _Recorder(method, [])
+    run_twin(rec, twin, seed=cfg.seed + 5)
+    K = len(rec.forecasts)
+    return torch.stack(rec.forecasts), twin.obs[:K], twin.truth[1:K + 1]
+
+
+def train_amortised(setup: TwinConfig, config: AmortisedConfig = AmortisedConfig(), teacher=None,
+                    device: str | torch.device = "cpu",
+                    log: Callable[[str], None] = print) -> tuple[AnalysisNet, dict]:
+    """Train :class:`AnalysisNet` on simulated cycles of ``setup`` (truth seeds ``config.train_seed + r``).
+
+    ``teacher``: the method whose forecasts make round 1's data (default LETKF, N = ``config.members``, inflation
+    1.04, radius 4, rotated). Returns the network (eval mode) and a summary (steps, minutes, final loss)."""
+    from .methods import LETKF
+
+    dev = torch.device(device)
+    torch.manual_seed(config.seed)
+    teacher = teacher or LETKF(members=config.members, infl=1.04, rot=True, radius=4.0)
+    if teacher.members != config.members:
+        config = replace(config, members=teacher.members)
+    data_cfg = replace(setup, cycles=config.data_cycles, spinup=0)
+    H = make_twin(replace(data_cfg, cycles=1), device=dev).H
+    net = AnalysisNet(config, H).to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    g = torch.Generator(device=dev).manual_seed(config.seed + 1)
+    E_all, y_all, t_all = [], [], []
+    t0 = time.perf_counter()
+    steps = 0
+    loss = torch.tensor(float("nan"))
+    stopped = False
+    for r in range(config.rounds):
+        method = teacher if r == 0 else AmortisedMethod(net.eval())
+        with torch.no_grad():
+            E, y, t = simulate_cycles(method, replace(data_cfg, seed=config.train_seed + r), dev)
+        keep = torch.isfinite(E).all(-1).all(-1)
+        E_all.append(E[keep]), y_all.append(y[keep]), t_all.append(t[keep])
+        Ed, yd, td = torch.cat(E_all), torch.cat(y_all), torch.cat(t_all)
+        net.train()
+        for s in range(config.steps):
+            frac = s / config.steps
+            for pg in opt.param_groups:  # cosine decay within each round
+                pg["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * frac)) * (0.5 ** r)
+            idx = torch.randint(len(Ed), (config.batch,), generator=g, device=dev)
+            xa = net(Ed[idx], yd[idx], net.noise(config.batch, g, dev))
+            loss = fair_crps(xa, td[idx])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            steps += 1
+            if (time.perf_counter() - t0) / 60 > config.max_minutes:
+                stopped = True
+                log(f"amortised: max_minutes={config.max_minutes} reached at round {r}, step {s}")
+                break
+        log(f"amortised: round {r} ({len(Ed)} cycles of data) loss {float(loss.detach()):.4f} "
+            f"after {(time.perf_counter() - t0) / 60:.1f} min")
+        if stopped:
+            break
+    net.eval()
+    return net, {"steps": steps, "minutes": (time.perf_counter() - t0) / 60, "final_crps": float(loss.detach()),
+                 "stopped_early": stopped}
