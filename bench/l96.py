@@ -44,7 +44,7 @@ from latentda.sequential import methods as M  # noqa: E402
 
 PUBLISHED = {"climatology": 3.6, "oi": 0.95, "3dvar": 0.41, "enkf_pertobs": 0.22, "enkf_sqrt": 0.18,
              "letkf": 0.22}
-ALL = ("climatology", "oi", "3dvar", "enkf_pertobs", "enkf_sqrt", "letkf", "letkf_n40", "amortised")
+ALL = ("climatology", "oi", "3dvar", "enkf_pertobs", "enkf_sqrt", "letkf", "letkf_n40", "amortised", "latent")
 DEFAULT = "climatology,oi,3dvar,enkf_pertobs,enkf_sqrt,letkf"
 SETUPS = {"sakov": TwinConfig(), "finn": FINN2019}
 # DAPPER sakov2008 tunings (issue 13's table): EnKF PertObs N 40 infl 1.06, Sqrt N 28 infl 1.02, LETKF N 7
@@ -53,9 +53,10 @@ SETUPS = {"sakov": TwinConfig(), "finn": FINN2019}
 SETTINGS = {
     "sakov": {"enkf_pertobs": dict(members=40, infl=1.06), "enkf_sqrt": dict(members=28, infl=1.02),
               "letkf": dict(members=7, infl=1.04, rot=True, radius=4.0),
-              "letkf_n40": dict(members=40, infl=1.02, rot=True, radius=4.0)},
+              "letkf_n40": dict(members=40, infl=1.02, rot=True, radius=4.0), "latent": dict(members=20, infl=1.04)},
     "finn": {"enkf_pertobs": dict(members=50, infl=1.1), "enkf_sqrt": dict(members=50, infl=1.1),
-             "letkf": dict(members=50, infl=1.1, radius=5.0), "letkf_n40": dict(members=40, infl=1.1, radius=5.0)},
+             "letkf": dict(members=50, infl=1.1, radius=5.0), "letkf_n40": dict(members=40, infl=1.1, radius=5.0),
+             "latent": dict(members=50, infl=1.1)},
 }
 
 
@@ -72,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amortised-net", type=Path, default=None, help="load a trained network instead of training")
     p.add_argument("--save-net", type=Path, default=None, help="save the trained amortised network here")
-    p.add_argument("--train-minutes", type=float, default=4.0, help="wall-clock bound on amortised training")
+    p.add_argument("--train-minutes", type=float, default=4.0, help="wall-clock safety bound on amortised training")
+    p.add_argument("--amortised-steps", type=int, default=2000, help="amortised gradient steps per data round")
+    p.add_argument("--latent-prior", type=Path, default=None, help="load the L96 VAE instead of training it")
+    p.add_argument("--save-prior", type=Path, default=None, help="save the trained L96 VAE here")
     return p
 
 
@@ -97,12 +101,23 @@ def make_method(name: str, setup: str, clim, args, log):
             net = load_net(args.amortised_net, device=args.device)
         else:
             teacher = M.LETKF(**SETTINGS[setup]["letkf"]) if setup == "finn" else None
-            cfg = AmortisedConfig(max_minutes=args.train_minutes)
+            cfg = AmortisedConfig(max_minutes=args.train_minutes, steps=args.amortised_steps)
             net, info = train_amortised(SETUPS[setup], cfg, teacher=teacher, device=args.device, log=log)
             log(f"amortised: trained {info}")
             if args.save_net is not None:
                 net.save(args.save_net)
         return AmortisedMethod(net)
+    if name == "latent":
+        from latentda.sequential.latent import LatentRTO, load_vae, save_vae, train_vae
+
+        if args.latent_prior is not None:
+            vae = load_vae(args.latent_prior, device=args.device)
+        else:
+            vae, _ = train_vae(SETUPS[setup].model, log=log)
+            vae = vae.to(args.device)
+            if args.save_prior is not None:
+                save_vae(vae, args.save_prior)
+        return LatentRTO(vae, **SETTINGS[setup]["latent"])
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(ALL)}")
 
 

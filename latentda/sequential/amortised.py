@@ -1,16 +1,19 @@
 """Finn's (2019) amortised analysis network: x_a = f_θ(x_b, y, ε), one forward pass per cycle.
 
-A stochastic network maps one background member x_b,m (n,), the observations y (p,) and noise ε_m ~ N(0, I)
-to an analysis member; the ensemble is made by independent noise per member, like a stochastic EnKF (Finn 2019,
-slides "Adversarial variational Bayes for DA" and "Used neural network"). With ``ensemble_inputs`` (default) the
-network also sees the background ensemble mean and standard deviation per variable (the flow-dependent
-information Finn lists as an open question); without it, it is Finn's network without ensemble information.
+A stochastic network maps a background member x_b,m (n,), the observations y (p,) and noise ε_m ~ N(0, I_p) to
+an analysis member; the ensemble is made by independent noise per member, like a stochastic EnKF (Finn 2019,
+slides "Adversarial variational Bayes for DA" and "Used neural network": prescribed observation operator, linear
+layers). Here the network also sees the background ensemble's statistics (the flow-dependent information Finn
+lists as an open question), and its output is structured as a learned local stochastic Kalman update:
 
-Architecture: Finn's "linear layers only", applied locally: for each variable i the same MLP sees the ``window``
-neighbours (periodic) of the input channels [x_b,m, (x̄_b, s_b), Hᵀy, Hᵀ1, Hᵀ1 ⊙ (Hᵀy − x_b,m), ε (k channels)]
-and returns the increment, x_a,m,i = x_b,m,i + σ_c · g_θ(window_i), σ_c = 3.6 the climatological standard
-deviation (Lorenz-96 is translation invariant, so one local network serves every variable: few weights, cheap,
-and every cycle gives n training examples).
+    x_a,m,i = x̄ + α_i (x̃_m,i − x̄_i),   x̃_m,i = x_b,m,i + Σ_{|j| ≤ w/2} K_i,j d_m,i+j,
+    d_m = Hᵀ1 ⊙ (Hᵀ(y + σ_o ε_m) − x_b,m)      (perturbed-observation innovations on the grid, ε_m centred)
+
+where the gains K_i (w,) and the anomaly factor α_i ∈ (0.5, 1.5) come from one MLP applied at every variable i
+(Lorenz-96 is translation invariant) to the ``window`` neighbours of [x̄_b, log s_b, corr(x_i, x_{i+1}),
+corr(x_i, x_{i+2}), Hᵀy, Hᵀ1, Hᵀ1 ⊙ (Hᵀy − x̄_b)] (standardised by the climatological mean 2.3 and standard
+deviation 3.6). The MLP runs once per cycle on the ensemble statistics, the members only add a windowed
+weighted sum: the analysis costs O(N n w) after an MLP over n rows, whatever N.
 
 Loss (instead of Finn's adversarial AVB, unstable by his own account): the fair ensemble CRPS of the analysis
 members against the truth, averaged over variables and cycles,
@@ -34,6 +37,8 @@ from torch import nn
 from .twin import Twin, TwinConfig, ensemble_spread, make_twin, run_twin
 
 CLIM_MEAN, CLIM_STD = 2.3, 3.6  # Lorenz-96, F = 8: per-variable climatological mean and standard deviation
+CORR_LAGS = (1, 2)              # ensemble correlations corr(x_i, x_{i+j}) given to the network
+FEATURES = 5 + len(CORR_LAGS)   # per-variable input channels of the gain MLP
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,10 @@ class AmortisedConfig:
     """Network size, data and training budget of the amortised analysis (``steps`` per round bound the
     training; ``max_minutes`` is only a safety stop, logged if hit)."""
 
-    members: int = 20
+    members: int = 40
     hidden: int = 64
     layers: int = 2                  # hidden layers of the local MLP
-    window: int = 9                  # neighbours seen by each variable's analysis (odd)
-    noise_channels: int = 2
-    ensemble_inputs: bool = True
+    window: int = 9                  # neighbours seen by, and gains of, each variable's analysis (odd)
     data_cycles: int = 3000          # simulated cycles per data round
     rounds: int = 2                  # 1: teacher data only; >1: then the network's own cycles (DAgger)
     steps: int = 1500                # gradient steps per round
@@ -67,54 +70,66 @@ class AmortisedConfig:
 
 
 class AnalysisNet(nn.Module):
-    """f_θ(x_b, y, ε) for a fixed selection operator H (p, n); see the module docstring."""
+    """f_θ(x_b, y, ε) for a fixed selection operator H (p, n) and observation error std σ_o (p,); see the
+    module docstring."""
 
-    def __init__(self, config: AmortisedConfig, H: torch.Tensor):
+    def __init__(self, config: AmortisedConfig, H: torch.Tensor, obs_std: torch.Tensor):
         super().__init__()
         self.config = config
         p, n = H.shape
-        self.n = n
+        if tuple(obs_std.shape) != (p,):
+            raise ValueError(f"obs_std has shape {tuple(obs_std.shape)}; expected ({p},) for H of shape {(p, n)}")
+        self.n, self.p = n, p
         self.register_buffer("H", H.detach().to(torch.float32).cpu().clone())
+        self.register_buffer("obs_std", obs_std.detach().to(torch.float32).cpu().clone())
         self.register_buffer("mask", self.H.sum(0).clamp(max=1.0))
         w = config.window
         self.register_buffer("idx", (torch.arange(n)[:, None] + torch.arange(w)[None, :] - w // 2) % n)
-        cin = (1 + (2 if config.ensemble_inputs else 0) + 3 + config.noise_channels) * w
-        layers: list[nn.Module] = [nn.Linear(cin, config.hidden), nn.GELU()]
+        layers: list[nn.Module] = [nn.Linear(FEATURES * w, config.hidden), nn.GELU()]
         for _ in range(config.layers - 1):
             layers += [nn.Linear(config.hidden, config.hidden), nn.GELU()]
-        out = nn.Linear(config.hidden, 1)
+        out = nn.Linear(config.hidden, w + 1)
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
         self.mlp = nn.Sequential(*layers, out)
 
-    def forward(self, xb: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """``xb`` (B, N, n), ``y`` (B, p), ``eps`` (B, N, k, n) -> analysis members (B, N, n) in xb's dtype."""
-        B, N, n = xb.shape
+    def gains(self, xb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local gains K (B, n, w) and anomaly factors α (B, n) from the ensemble ``xb`` (B, N, n) and ``y``."""
         xs = (xb.to(torch.float32) - CLIM_MEAN) / CLIM_STD
-        yg = ((y.to(torch.float32) @ self.H - CLIM_MEAN) / CLIM_STD * self.mask)[:, None].expand(B, N, n)
-        mask = self.mask.expand(B, N, n)
-        chans = [xs]
-        if self.config.ensemble_inputs:
-            chans += [xs.mean(1, keepdim=True).expand(B, N, n), xs.std(1, keepdim=True).expand(B, N, n)]
-        chans += [yg, mask, (yg - xs) * mask]
-        h = torch.cat([torch.stack(chans, -1), eps.to(torch.float32).transpose(-1, -2)], -1)  # (B, N, n, C)
-        h = h[:, :, self.idx].reshape(B, N, n, -1)                    # windows of w neighbours: (B, N, n, w·C)
-        dx = self.mlp(h)[..., 0]
-        return xb + (CLIM_STD * dx).to(xb.dtype)
+        mean, std = xs.mean(1), xs.std(1)
+        a = (xs - mean[:, None]) / std[:, None].clamp_min(1e-6)
+        corr = [(a * a.roll(-j, -1)).mean(1) for j in CORR_LAGS]
+        yg = (y.to(torch.float32) @ self.H - CLIM_MEAN) / CLIM_STD * self.mask
+        mask = self.mask.expand_as(mean)
+        logstd = std.clamp_min(1e-6).log()
+        h = torch.stack([mean, logstd, *corr, yg, mask, (yg - mean) * mask], -1)   # (B, n, FEATURES)
+        out = self.mlp(h[:, self.idx].flatten(-2))                                  # (B, n, w + 1)
+        return out[..., :-1], 1 + 0.5 * torch.tanh(out[..., -1])
+
+    def forward(self, xb: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``xb`` (B, N, n), ``y`` (B, p), ``eps`` (B, N, p) -> analysis members (B, N, n) in xb's dtype."""
+        K, alpha = self.gains(xb, y)
+        eps = eps.to(torch.float32)
+        eps = eps - eps.mean(1, keepdim=True)
+        ypert = (y.to(torch.float32)[:, None] + self.obs_std * eps) @ self.H                # (B, N, n)
+        d = (ypert - xb.to(torch.float32)) * self.mask
+        xt = xb.to(torch.float32) + (d[..., self.idx] * K[:, None]).sum(-1)
+        mu = xt.mean(1, keepdim=True)
+        return (mu + alpha[:, None] * (xt - mu)).to(xb.dtype)
 
     def noise(self, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """ε (batch, N, k, n) ~ N(0, I) from ``generator``."""
-        c = self.config
-        return torch.randn(batch, c.members, c.noise_channels, self.n, generator=generator, device=device)
+        """ε (batch, N, p) ~ N(0, I) from ``generator``."""
+        return torch.randn(batch, self.config.members, self.p, generator=generator, device=device)
 
     def save(self, path: str | Path) -> None:
-        torch.save({"config": asdict(self.config), "H": self.H, "state": self.state_dict()}, path)
+        torch.save({"config": asdict(self.config), "H": self.H, "obs_std": self.obs_std,
+                    "state": self.state_dict()}, path)
 
 
 def load_net(path: str | Path, device: str | torch.device = "cpu") -> AnalysisNet:
     """A network written by :meth:`AnalysisNet.save` (``weights_only=True``)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    net = AnalysisNet(AmortisedConfig(**blob["config"]), blob["H"])
+    net = AnalysisNet(AmortisedConfig(**blob["config"]), blob["H"], blob["obs_std"])
     net.load_state_dict(blob["state"])
     return net.to(device).eval()
 
@@ -189,8 +204,8 @@ def train_amortised(setup: TwinConfig, config: AmortisedConfig = AmortisedConfig
     if teacher.members != config.members:
         config = replace(config, members=teacher.members)
     data_cfg = replace(setup, cycles=config.data_cycles, spinup=0)
-    H = make_twin(replace(data_cfg, cycles=1), device=dev).H
-    net = AnalysisNet(config, H).to(dev)
+    twin0 = make_twin(replace(data_cfg, cycles=1), device=dev)
+    net = AnalysisNet(config, twin0.H, torch.diagonal(twin0.R).sqrt()).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     g = torch.Generator(device=dev).manual_seed(config.seed + 1)
     E_all, y_all, t_all = [], [], []
