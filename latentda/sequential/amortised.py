@@ -6,10 +6,11 @@ slides "Adversarial variational Bayes for DA" and "Used neural network": prescri
 layers). Here the network also sees the background ensemble's statistics (the flow-dependent information Finn
 lists as an open question), and its output is structured as a learned local stochastic Kalman update:
 
-    x_a,m,i = x̄ + α_i (x̃_m,i − x̄_i),   x̃_m,i = x_b,m,i + Σ_{|j| ≤ w/2} K_i,j d_m,i+j,
+    x_a,m,i = x̄ + λ (x̃_m,i − x̄_i),   x̃_m,i = x_b,m,i + Σ_{|j| ≤ w/2} K_i,j d_m,i+j,
     d_m = Hᵀ1 ⊙ (Hᵀ(y + σ_o ε_m) − x_b,m)      (perturbed-observation innovations on the grid, ε_m centred)
 
-where the gains K_i (w,) and the anomaly factor α_i ∈ (0.5, 1.5) come from one MLP applied at every variable i
+with a fixed multiplicative inflation λ (``infl``; a learned per-variable factor made the cycled ensembles
+collapse or blow up), where the gains K_i (w,) come from one MLP applied at every variable i
 (Lorenz-96 is translation invariant) to the ``window`` neighbours of [x̄_b, log s_b, corr(x_i, x_{i+1}),
 corr(x_i, x_{i+2}), Hᵀy, Hᵀ1, Hᵀ1 ⊙ (Hᵀy − x̄_b)] (standardised by the climatological mean 2.3 and standard
 deviation 3.6). The MLP runs once per cycle on the ensemble statistics, the members only add a windowed
@@ -20,8 +21,10 @@ members against the truth, averaged over variables and cycles,
     CRPS_fair = 1/N Σ_m |x_a,m − x_t| − 1/(2N(N−1)) Σ_{m,m'} |x_a,m − x_a,m'|,
 a proper score whose minimiser makes the members exchangeable draws from p(x_t | inputs): calibrated spread.
 Training data are simulated cycles on truths of other seeds than the benchmark's: round 1 the forecasts of a
-teacher LETKF, later rounds the forecasts of the network cycling itself (DAgger), so it is trained on the
-backgrounds it produces.
+teacher LETKF, later rounds the forecasts of the network cycling itself (DAgger). Each training sample starts
+from a recorded forecast ensemble and runs the network itself for ``unroll`` cycles (analysis, RK4 forecast of
+the members at the setup's forcing, next analysis, ...), the loss averaged over those analyses and
+backpropagated through the forecasts, so the network is trained on the backgrounds it produces.
 """
 from __future__ import annotations
 
@@ -50,10 +53,12 @@ class AmortisedConfig:
     hidden: int = 64
     layers: int = 2                  # hidden layers of the local MLP
     window: int = 9                  # neighbours seen by, and gains of, each variable's analysis (odd)
+    infl: float = 1.02               # multiplicative inflation of the analysis anomalies
     data_cycles: int = 3000          # simulated cycles per data round
-    rounds: int = 2                  # 1: teacher data only; >1: then the network's own cycles (DAgger)
+    rounds: int = 1                  # 1: teacher data only; >1: then the network's own cycles (DAgger)
     steps: int = 1500                # gradient steps per round
     batch: int = 8                   # cycles per gradient step (each with all members)
+    unroll: int = 1                  # cycles the network runs itself per training sample (analysis, forecast)
     lr: float = 2e-3
     max_minutes: float = 4.0
     seed: int = 0
@@ -62,9 +67,11 @@ class AmortisedConfig:
     def __post_init__(self) -> None:
         if self.members < 2:
             raise ValueError(f"amortised ensemble size must be >= 2, got members={self.members}")
+        if not self.infl > 0:
+            raise ValueError(f"AmortisedConfig.infl must be > 0, got infl={self.infl}")
         if self.window < 1 or self.window % 2 == 0:
             raise ValueError(f"AmortisedConfig.window must be odd and >= 1, got {self.window}")
-        for name in ("hidden", "layers", "rounds", "steps", "batch", "data_cycles"):
+        for name in ("unroll", "hidden", "layers", "rounds", "steps", "batch", "data_cycles"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AmortisedConfig.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -88,13 +95,13 @@ class AnalysisNet(nn.Module):
         layers: list[nn.Module] = [nn.Linear(FEATURES * w, config.hidden), nn.GELU()]
         for _ in range(config.layers - 1):
             layers += [nn.Linear(config.hidden, config.hidden), nn.GELU()]
-        out = nn.Linear(config.hidden, w + 1)
+        out = nn.Linear(config.hidden, w)
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
         self.mlp = nn.Sequential(*layers, out)
 
-    def gains(self, xb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Local gains K (B, n, w) and anomaly factors α (B, n) from the ensemble ``xb`` (B, N, n) and ``y``."""
+    def gains(self, xb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Local gains K (B, n, w) from the ensemble ``xb`` (B, N, n) and the observations ``y`` (B, p)."""
         xs = (xb.to(torch.float32) - CLIM_MEAN) / CLIM_STD
         mean, std = xs.mean(1), xs.std(1)
         a = (xs - mean[:, None]) / std[:, None].clamp_min(1e-6)
@@ -103,19 +110,18 @@ class AnalysisNet(nn.Module):
         mask = self.mask.expand_as(mean)
         logstd = std.clamp_min(1e-6).log()
         h = torch.stack([mean, logstd, *corr, yg, mask, (yg - mean) * mask], -1)   # (B, n, FEATURES)
-        out = self.mlp(h[:, self.idx].flatten(-2))                                  # (B, n, w + 1)
-        return out[..., :-1], 1 + 0.5 * torch.tanh(out[..., -1])
+        return self.mlp(h[:, self.idx].flatten(-2))                                 # (B, n, w)
 
     def forward(self, xb: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``xb`` (B, N, n), ``y`` (B, p), ``eps`` (B, N, p) -> analysis members (B, N, n) in xb's dtype."""
-        K, alpha = self.gains(xb, y)
+        K = self.gains(xb, y)
         eps = eps.to(torch.float32)
         eps = eps - eps.mean(1, keepdim=True)
         ypert = (y.to(torch.float32)[:, None] + self.obs_std * eps) @ self.H                # (B, N, n)
         d = (ypert - xb.to(torch.float32)) * self.mask
         xt = xb.to(torch.float32) + (d[..., self.idx] * K[:, None]).sum(-1)
         mu = xt.mean(1, keepdim=True)
-        return (mu + alpha[:, None] * (xt - mu)).to(xb.dtype)
+        return (mu + self.config.infl * (xt - mu)).to(xb.dtype)
 
     def noise(self, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         """ε (batch, N, p) ~ N(0, I) from ``generator``."""
@@ -208,27 +214,42 @@ def train_amortised(setup: TwinConfig, config: AmortisedConfig = AmortisedConfig
     net = AnalysisNet(config, twin0.H, torch.diagonal(twin0.R).sqrt()).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     g = torch.Generator(device=dev).manual_seed(config.seed + 1)
-    E_all, y_all, t_all = [], [], []
+    model = setup.model
+    E_all, y_all, t_all, starts = [], [], [], []
+    offset = 0
     t0 = time.perf_counter()
-    steps = 0
+    steps = skipped = 0
     loss = torch.tensor(float("nan"))
     stopped = False
     for r in range(config.rounds):
         method = teacher if r == 0 else AmortisedMethod(net.eval())
         with torch.no_grad():
             E, y, t = simulate_cycles(method, replace(data_cfg, seed=config.train_seed + r), dev)
-        keep = torch.isfinite(E).all(-1).all(-1)
-        E_all.append(E[keep]), y_all.append(y[keep]), t_all.append(t[keep])
-        Ed, yd, td = torch.cat(E_all), torch.cat(y_all), torch.cat(t_all)
+        bad = (~torch.isfinite(E).all(-1).all(-1)).nonzero()
+        K = int(bad[0]) if len(bad) else len(E)                   # the finite, contiguous prefix
+        log(f"amortised: round {r} data: {K} cycles, forecast-mean RMSE "
+            f"{float(((E[:K].mean(1) - t[:K]) ** 2).mean().sqrt()):.3f}")
+        E_all.append(E[:K]), y_all.append(y[:K]), t_all.append(t[:K])
+        starts.append(offset + torch.arange(max(K - config.unroll + 1, 0), device=dev))
+        offset += K
+        Ed, yd, td, st = torch.cat(E_all), torch.cat(y_all), torch.cat(t_all), torch.cat(starts)
         net.train()
         for s in range(config.steps):
             frac = s / config.steps
             for pg in opt.param_groups:  # cosine decay within each round
                 pg["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * frac)) * (0.5 ** r)
-            idx = torch.randint(len(Ed), (config.batch,), generator=g, device=dev)
-            xa = net(Ed[idx], yd[idx], net.noise(config.batch, g, dev))
-            loss = fair_crps(xa, td[idx])
+            idx = st[torch.randint(len(st), (config.batch,), generator=g, device=dev)]
+            E = Ed[idx]
+            loss = torch.zeros((), device=dev)
+            for j in range(config.unroll):  # cycle the network itself: analyse, score, forecast the members
+                xa = net(E, yd[idx + j], net.noise(config.batch, g, dev))
+                loss = loss + fair_crps(xa, td[idx + j]) / config.unroll
+                if j + 1 < config.unroll:
+                    E = model.step(xa, setup.obs_every)
             opt.zero_grad()
+            if not torch.isfinite(loss):  # a member blew up in the unrolled forecast: skip this sample
+                skipped += 1
+                continue
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
@@ -242,5 +263,5 @@ def train_amortised(setup: TwinConfig, config: AmortisedConfig = AmortisedConfig
         if stopped:
             break
     net.eval()
-    return net, {"steps": steps, "minutes": (time.perf_counter() - t0) / 60, "final_crps": float(loss.detach()),
-                 "stopped_early": stopped}
+    return net, {"steps": steps, "skipped": skipped, "minutes": (time.perf_counter() - t0) / 60,
+                 "final_crps": float(loss.detach()), "stopped_early": stopped}

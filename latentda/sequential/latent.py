@@ -145,7 +145,8 @@ def latent_rto(E: torch.Tensor, y: torch.Tensor, H: torch.Tensor, R: torch.Tenso
         Rinv = torch.linalg.inv(R)
         h0 = torch.linalg.inv(torch.eye(N, dtype=E.dtype, device=E.device) + G @ Rinv @ G.T)
         h0 = 0.5 * (h0 + h0.T)
-        eps = torch.randn(N, y.shape[-1], generator=generator, dtype=E.dtype, device=E.device) @ torch.linalg.cholesky(R).T
+        z = torch.randn(N, y.shape[-1], generator=generator, dtype=E.dtype, device=E.device)
+        eps = z @ torch.linalg.cholesky(R).T
         target = y - (eps - eps.mean(0))                          # (N, p) perturbed observations, as enkf_pertobs
 
     def state(w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -159,7 +160,8 @@ def latent_rto(E: torch.Tensor, y: torch.Tensor, H: torch.Tensor, R: torch.Tenso
             (grad,) = torch.autograd.grad(J.sum(), w)
         return J.detach(), grad
 
-    res = minimize_batched(fun_grad, torch.zeros(N, N, dtype=E.dtype, device=E.device), tol=tol, max_iter=max_iter, h0=h0)
+    w0 = torch.zeros(N, N, dtype=E.dtype, device=E.device)
+    res = minimize_batched(fun_grad, w0, tol=tol, max_iter=max_iter, h0=h0)
     with torch.no_grad():
         return state(res.z, torch.arange(N))
 
