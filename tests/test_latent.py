@@ -48,6 +48,7 @@ def test_latent_rto_bad_input():
                    torch.eye(4, dtype=F64), ae, torch.Generator())
 
 
+@pytest.mark.slow
 def test_vae_learns_l96_states_and_training_is_deterministic():
     old = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -104,7 +104,7 @@ def train_vae(model: Lorenz96, config: LatentPriorConfig = LatentPriorConfig(),
             out.append(x)
         return torch.stack(out)
 
-    X, X_val = states(config.train_seed, config.states), states(config.train_seed + 1, 2000)
+    X, X_val = states(config.train_seed, config.states), states(config.train_seed + 1, min(2000, config.states))
     vae = L96VAE(model.n, config).double()
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
     g = torch.Generator().manual_seed(config.seed + 1)
