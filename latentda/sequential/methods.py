@@ -8,7 +8,7 @@ they assume as their spread.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -39,7 +39,7 @@ class OptimalInterpolation:
     mean: torch.Tensor
     cov: torch.Tensor
     members: int = 1
-    _spread: float | None = None
+    _spread: float | None = field(default=None, init=False, repr=False)
 
     def analyse(self, E, y, twin: Twin, generator):
         if self._spread is None:
@@ -57,7 +57,7 @@ class Var3D:
     cov: torch.Tensor
     xB: float = 0.02
     members: int = 1
-    _spread: float | None = None
+    _spread: float | None = field(default=None, init=False, repr=False)
 
     def analyse(self, E, y, twin: Twin, generator):
         B = self.xB * self.cov

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .l96 import Lorenz96
+from .localisation import periodic_distances
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,6 @@ class Twin:
 
 def make_twin(cfg: TwinConfig, device: str | torch.device = "cpu") -> Twin:
     """Truth run from a seeded state on the attractor and observations y_k = H x_k + N(0, R)."""
-    from .localisation import periodic_distances
-
     model = cfg.model
     K = cfg.spinup + cfg.cycles
     x = model.on_attractor(cfg.seed, device=device)
