@@ -171,8 +171,17 @@ def main(argv: list[str] | None = None) -> dict:
            "results": results}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2, allow_nan=True))
+        args.json.write_text(json.dumps(_finite_or_null(out), indent=2, allow_nan=False))
     return out
+
+
+def _finite_or_null(obj):
+    """Strict JSON: non-finite floats (a diverged run's RMSE, a missing spread) become null."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def print_table(results: dict) -> None:

@@ -221,3 +221,8 @@ def test_bench_quick_reproduces_dapper_enkf_pertobs(tmp_path):
     assert out["config"]["cycles"] == 2000
     assert abs(r["rmse_a"] - 0.22) <= 0.1 * 0.22, r
     assert set(r) >= {"rmse_a", "spread", "s_per_cycle"} and (tmp_path / "q.json").is_file()
+
+
+def test_bench_json_is_strict_for_diverged_runs():
+    clean = _bench()._finite_or_null({"a": float("inf"), "b": {"c": float("nan"), "d": 1.5, "e": None}})
+    assert clean == {"a": None, "b": {"c": None, "d": 1.5, "e": None}}
