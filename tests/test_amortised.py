@@ -1,0 +1,86 @@
+"""latentda.sequential.amortised: Finn's stochastic analysis network, trained for a few seconds on tiny data."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentda.sequential import TwinConfig, make_twin, run_twin
+from latentda.sequential.amortised import (AmortisedConfig, AmortisedMethod, AnalysisNet, fair_crps, load_net,
+                                           train_amortised)
+from latentda.sequential.methods import LETKF
+
+TINY = AmortisedConfig(members=6, hidden=16, window=5, data_cycles=120, rounds=2, steps=60, batch=4)
+SETUP = TwinConfig(n=12, cycles=10, spinup=0, seed=11)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    teacher = LETKF(members=6, infl=1.05, radius=3.0)
+    net, info = train_amortised(SETUP, TINY, teacher=teacher, log=lambda m: None)
+    yield net, info, teacher
+    torch.set_num_threads(old)
+
+
+def test_fair_crps_of_a_point_ensemble_is_the_absolute_error_and_rewards_spread():
+    t = torch.zeros(1, 3)
+    point = torch.ones(1, 4, 3)
+    assert float(fair_crps(point, t)) == pytest.approx(1.0)
+    g = torch.Generator().manual_seed(0)
+    calibrated = torch.randn(2000, 8, 1, generator=g)
+    truth = torch.randn(2000, 1, generator=g)
+    assert float(fair_crps(calibrated, truth)) < float(fair_crps(0.2 * calibrated, truth))
+
+
+def test_training_is_deterministic_and_members_differ(trained):
+    net, info, teacher = trained
+    assert info["steps"] == 2 * TINY.steps and not info["stopped_early"]
+    net2, _ = train_amortised(SETUP, TINY, teacher=teacher, log=lambda m: None)
+    for a, b in zip(net.state_dict().values(), net2.state_dict().values()):
+        assert torch.equal(a, b)
+    twin = make_twin(SETUP)
+    E = twin.truth[1] + torch.randn(6, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    Ea = AmortisedMethod(net).analyse(E, twin.obs[0], twin, torch.Generator().manual_seed(2))
+    assert Ea.shape == E.shape and Ea.dtype == torch.float64
+    assert float(Ea.std(0).mean()) > 0.05  # independent noise per member gives distinct members
+
+
+def test_trained_network_analysis_beats_its_background(trained):
+    net, _, _ = trained
+    twin = make_twin(TwinConfig(n=12, cycles=60, spinup=20, seed=99))
+    free = run_twin(_NoAnalysis(6), twin, seed=3)
+    amort = run_twin(AmortisedMethod(net), twin, seed=3)
+    assert amort.rmse < 0.7 * free.rmse, (amort.rmse, free.rmse)  # untrained (zero output layer) = free run
+
+
+class _NoAnalysis:
+    def __init__(self, members: int):
+        self.members = members
+
+    def analyse(self, E, y, twin, generator):
+        return E
+
+    def spread(self, E) -> float:
+        return float(E.std(0).mean())
+
+
+def test_save_load_round_trip(tmp_path, trained):
+    net, _, _ = trained
+    net.save(tmp_path / "net.pt")
+    back = load_net(tmp_path / "net.pt")
+    xb = torch.randn(1, 6, 12, dtype=torch.float64)
+    y = torch.randn(1, 12, dtype=torch.float64)
+    eps = net.noise(1, torch.Generator().manual_seed(4), torch.device("cpu"))
+    assert torch.equal(back(xb, y, eps), net(xb, y, eps))
+
+
+def test_bad_config_names_the_value():
+    with pytest.raises(ValueError, match="members=1"):
+        AmortisedConfig(members=1)
+    with pytest.raises(ValueError, match="window must be odd"):
+        AmortisedConfig(window=4)
+    with pytest.raises(ValueError, match="steps"):
+        AmortisedConfig(steps=0)
+    with pytest.raises(ValueError, match=r"obs_std has shape \(3,\)"):
+        AnalysisNet(AmortisedConfig(), torch.eye(4), torch.ones(3))
