@@ -5,21 +5,25 @@ Run from the repository root::
     .venv/bin/python bench/backfill.py                      # synthetic world + tiny prior (16x32, 2 variables)
     .venv/bin/python bench/backfill.py --days 16 --repeats 3 --members 8
     .venv/bin/python bench/backfill.py --config deploy/demo.yaml --days 8   # the demo (after `latentda train`)
+    .venv/bin/python bench/backfill.py --config deploy/demo.yaml --days 31 --repeats 3 --json out/backfill.json
 
 Each repeat writes the same days into a fresh archive three ways:
 
-* ``library``: ``latentda.backfill.assimilate_days`` in this process (1 torch thread, as on a worker);
+* ``library``: ``latentda.backfill.assimilate_days`` in this process at the thread counts of a Dask worker (1
+  torch thread; BLAS/OpenMP pools limited to 1 as Dask's nanny does on workers);
 * ``flow-1w`` / ``flow-2w``: ``flows.reanalysis.run_reanalysis`` on a LocalCluster of 1 / 2 worker processes
   (wall time of the whole flow: cluster start, worker imports, Prefect task overhead and writes included).
 
-Prints per-run times, then the median days/minute of each mode and the ratios to the library loop. The flow
-archives are checked to hold the same bytes as the library loop's. Without ``PREFECT_API_URL`` one temporary
+Prints per-run times, then the median days/minute of each mode and the ratios to the library loop; ``--json``
+writes the per-run and median seconds of each mode. The flow archives are checked to hold the same bytes as the
+library loop's. Without ``PREFECT_API_URL`` one temporary
 Prefect server (in a temporary PREFECT_HOME) serves all runs.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import statistics
@@ -74,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=8, help="ensemble size (synthetic world; default 8)")
     p.add_argument("--block-days", type=int, default=None, help="days per task (default: config's / auto)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--json", help="write {mode: {seconds: [...], median_s, days_per_min}} and the ratios here")
     args = p.parse_args(argv)
 
     import pandas as pd
     import yaml
+    from threadpoolctl import threadpool_limits
 
     import latentda
     from flows import prefect_api, quiet_dask_logs
@@ -119,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             lib.create_archive(url, spec, dict(backfill.archive_provenance(cfg0), model_checksum=prior.checksum()))
             settings = dataclasses.replace(backfill.DaySettings.from_config(cfg0), url=url)
             t0 = time.perf_counter()
-            backfill.assimilate_days(prior, table, days, settings)
+            with threadpool_limits(1):  # what Dask's nanny sets on workers (OMP/MKL/OpenBLAS threads = 1)
+                backfill.assimilate_days(prior, table, days, settings)
             times["library"].append(time.perf_counter() - t0)
             print(f"  repeat {r}: library  {times['library'][-1]:7.1f} s", flush=True)
             for n in (1, 2):
@@ -150,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     speedup = statistics.median(times["flow-1w"]) / statistics.median(times["flow-2w"])
     print(f"flow-2w / flow-1w speed-up: {speedup:.2f}")
     print(f"archives identical to the library loop's: {same}")
+    if args.json:
+        out = {"days": len(days), "members": cfg0.assimilation.members, "config": args.config or "synthetic",
+               "modes": {m: {"seconds": ts, "median_s": statistics.median(ts),
+                             "days_per_min": len(days) / statistics.median(ts) * 60} for m, ts in times.items()},
+               "flow_1w_over_library": statistics.median(times["flow-1w"]) / statistics.median(times["library"]),
+               "speedup_2w_over_1w": speedup, "identical": bool(same)}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
         if _TEMP_HOME:

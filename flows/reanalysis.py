@@ -16,7 +16,8 @@ from prefect import flow, get_run_logger
 from latentda import backfill, storage
 from latentda.config import RunConfig, load_config
 from tasks.archive import init_archive, missing_days, register_archive, validate_archive
-from tasks.assimilate import assimilate_block, run_observations, set_progress_hook, split_blocks
+from tasks.assimilate import (assimilate_block, run_observations, set_progress_hook, split_blocks,
+                              warm_workers)
 from tasks.evaluate import evaluate
 
 from . import BackfillIncomplete
@@ -62,6 +63,7 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
     t0 = time.perf_counter()
     cfg = load_config(config_path, overrides)
     s, e = backfill.day_range(cfg, start, end)
+    warming = warm_workers(cfg)  # the workers import torch and load the prior while this process goes on
     run_observations(cfg)  # read (and so check) the observation entry before the archive is created
     status = ensure_archive(cfg)
     all_missing = missing_days(cfg, str(cfg.archive.start), str(cfg.archive.end))
@@ -71,6 +73,8 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
              len(wanted), s.date(), e.date())
     with DayProgress(len(todo), bar=progress) as bar:
         written, failed, n_blocks = run_blocks(cfg, todo, force, bar)
+    for fut in warming:  # a failed warm-up shows up again, named, in the days it would have served
+        fut.release()
     report = validate_archive(cfg, str(s.date()), str(e.date()))
     catalog_path = register_archive(cfg)
     newly = len([d for d in written if d in set(all_missing)])

@@ -7,6 +7,7 @@ Without a Dask client (a plain call, or the thread-pool runner) the days run in 
 """
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from typing import Callable
@@ -53,6 +54,26 @@ def run_day(day: str, config: RunConfig, force: bool = False) -> list[str]:
     if it was written, ``[]`` if it was already done (and not ``force``)."""
     prior = load_prior_cached(config.prior_path, "cpu", config.archive.storage_options)
     return backfill.backfill(config, [day], prior=prior, observations=run_observations(config), force=force)
+
+
+def warm_up(config: RunConfig) -> None:
+    """Load the run's prior and observation table into this process's caches (imports torch and the
+    assimilation code): what the first day on a fresh worker would otherwise pay for."""
+    importlib.import_module("latentda.da.rto")
+    load_prior_cached(config.prior_path, "cpu", config.archive.storage_options)
+    run_observations(config)
+
+
+def warm_workers(config: RunConfig) -> list:
+    """Start :func:`warm_up` on every Dask worker of the flow's cluster without waiting for it, so the workers
+    import and load while the flow creates or checks the archive. Returns the futures (keep them until the days
+    are submitted); [] without a cluster."""
+    client = _client()
+    if client is None:
+        return []
+    workers = list(client.scheduler_info().get("workers", {}))
+    return [client.submit(warm_up, config, workers=[w], allow_other_workers=False, pure=False,
+                          key=f"warm-up-{i}") for i, w in enumerate(workers)]
 
 
 def split_blocks(days: list[str], block_days: int | None, n_workers: int) -> list[list[str]]:
