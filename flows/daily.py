@@ -10,8 +10,8 @@ from prefect import flow, get_run_logger
 
 from latentda import backfill, storage
 from latentda.config import load_config
-from tasks.archive import missing_days, register_archive, validate_archive
-from tasks.assimilate import assimilate_block
+from tasks.archive import register_archive, validate_archive
+from tasks.assimilate import assimilate_block, daily_days
 
 from .reanalysis import ensure_archive
 from .runners import task_runner_from_config
@@ -23,20 +23,23 @@ def yesterday_utc() -> str:
 
 @flow(name="daily")
 def daily(config_path: str, date: str | None = None, overrides: dict | None = None, force: bool = False) -> dict:
-    """Assimilate ``date`` (ISO; default yesterday UTC) unless it is already done (``force`` rewrites it)."""
+    """Assimilate ``date`` (ISO; default yesterday UTC) unless it is already done (``force`` rewrites it), and
+    upgrade the preliminary days of its window whose observations have all arrived since."""
     log = get_run_logger()
     cfg = load_config(config_path, overrides)
     day, _ = backfill.day_range(cfg, date or yesterday_utc(), date or yesterday_utc())
     iso = str(day.date())
     url = storage.redact(cfg.archive_url)
     ensure_archive(cfg)
-    if not force and not missing_days(cfg, iso, iso):
+    todo = [iso] if force else daily_days(cfg, iso)
+    if not todo:
         log.info("%s is already done in %s: nothing to do (force=True rewrites it)", iso, url)
         return {"day": iso, "written": [], "archive": url}
-    out = assimilate_block(cfg, [iso], force)
+    out = assimilate_block(cfg, todo, force)
     if out["failed"]:
-        raise RuntimeError(f"daily {iso} failed: {out['failed'][iso]}")
-    validate_archive(cfg, iso, iso)
+        day_, err = sorted(out["failed"].items())[0]
+        raise RuntimeError(f"daily {iso}: {len(out['failed'])} day(s) failed ({day_}: {err})")
+    validate_archive(cfg, todo[0], iso)
     catalog_path = register_archive(cfg)
     log.info("daily %s: written into %s", iso, url)
     return {"day": iso, "written": out["written"], "archive": url, "catalog": catalog_path}

@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from latentda import backfill, storage
 from latentda.config import RunConfig, load_config
 from tasks.archive import init_archive, missing_days, register_archive, validate_archive
-from tasks.assimilate import (assimilate_block, run_observations, set_progress_hook, split_blocks,
+from tasks.assimilate import (assimilate_block, days_to_do, run_observations, set_progress_hook, split_blocks,
                               warm_workers)
 from tasks.evaluate import evaluate
 
@@ -68,7 +68,7 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
     status = ensure_archive(cfg)
     all_missing = missing_days(cfg, str(cfg.archive.start), str(cfg.archive.end))
     wanted = [str(d.date()) for d in pd.date_range(s, e, freq="D")]
-    todo = wanted if force else [d for d in all_missing if str(s.date()) <= d <= str(e.date())]
+    todo = wanted if force else days_to_do(cfg, str(s.date()), str(e.date()))
     log.info("archive %s (%s): %d of %d day(s) in %s..%s to do", storage.redact(cfg.archive_url), status, len(todo),
              len(wanted), s.date(), e.date())
     with DayProgress(len(todo), bar=progress) as bar:
@@ -77,7 +77,7 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
         fut.release()
     report = validate_archive(cfg, str(s.date()), str(e.date()))
     catalog_path = register_archive(cfg)
-    newly = len([d for d in written if d in set(all_missing)])
+    newly = len(set(written) & set(all_missing))
     summary: dict[str, Any] = {
         "archive": storage.redact(cfg.archive_url), "catalog": catalog_path, "entry": cfg.archive.name,
         "range": [str(s.date()), str(e.date())], "days_requested": len(wanted), "days_todo": len(todo),

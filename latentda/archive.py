@@ -8,6 +8,7 @@ Layout (one chunk = one day of the whole grid; ARCHITECTURE.md, "the archive pro
     obs_used, obs_rejected, iterations (time,) int32; fit_before, fit_after, cost, converged_fraction (time,)
     float32; no_obs (time,) int8                         per-day diagnostics (latentda.analysis.DIAGNOSTICS)
     model_sha256, obs_sha256, config_sha256 (time, sha256_byte=32) uint8   per-day provenance (hash bytes)
+    status (time,) int8 (0 not written, 1 preliminary, 2 final); window_days_observed (time,) int16
     done              (time,) int8                       1 once the day is complete: written LAST
 
 Global ``latentda:*`` attributes record the package version, git sha, model checksum, config hash, catalog
@@ -48,13 +49,18 @@ from .runtime import git_sha, to_days
 
 __all__ = ["ArchiveSpec", "ArchiveError", "ArchiveMismatchError", "archive_spec", "template", "create_archive",
            "open_archive", "check_compatible", "write_day", "day_status", "missing_days", "done_days",
-           "validate_archive", "hexdigest"]
+           "validate_archive", "hexdigest", "day_states", "STATUS", "PRELIMINARY", "FINAL", "NOT_WRITTEN"]
 
 DONE = "done"
+STATUS = "status"
+#: Values of ``status``: a day written before the observations of its whole window existed is PRELIMINARY and is
+#: analysed again once they do (the ERA5T -> ERA5 pattern); FINAL days are rewritten only on request.
+NOT_WRITTEN, PRELIMINARY, FINAL = 0, 1, 2
+WINDOW_OBSERVED = "window_days_observed"
 HASH_DIM = "sha256_byte"
 PROVENANCE_VARS = {
     "model_sha256": "SHA-256 of the prior checkpoint that produced this day",
-    "obs_sha256": "SHA-256 of this day's observation table as given to the assimilation",
+    "obs_sha256": "SHA-256 of the observation table of this day's assimilation window as given to the assimilation",
     "config_sha256": "SHA-256 of the run configuration (latentda.config.config_hash)",
 }
 DIAG_DTYPES = {"obs_used": np.int32, "obs_rejected": np.int32, "iterations": np.int32, "no_obs": np.int8}
@@ -180,6 +186,14 @@ def template(spec: ArchiveSpec, attrs: Mapping[str, Any] | None = None) -> xr.Da
                       {"long_name": ln, "units": "1",
                        "comment": "32 bytes of the digest; latentda.archive.hexdigest() gives hex; "
                                   "all zero for a day not written"})
+    data[STATUS] = (("time",), dsa.zeros((nt,), dtype=np.int8, chunks=1),
+                    {"long_name": "analysis status: preliminary while observations of the assimilation window "
+                                  "[d - k, d + k] were still to come when the day was written, else final",
+                     "flag_values": [NOT_WRITTEN, PRELIMINARY, FINAL],
+                     "flag_meanings": "not_written preliminary final", "units": "1"})
+    data[WINDOW_OBSERVED] = (("time",), dsa.zeros((nt,), dtype=np.int16, chunks=1),
+                             {"long_name": "days of the assimilation window [d - k, d + k] with observations when "
+                                           "the day was written", "units": "1"})
     data[DONE] = (("time",), dsa.zeros((nt,), dtype=np.int8, chunks=1),
                   {"long_name": "day complete (written after all of the day's data)", "flag_values": [0, 1],
                    "flag_meanings": "missing done", "units": "1"})
@@ -360,10 +374,13 @@ def _day_index(ds: xr.Dataset, day: pd.Timestamp, url: str) -> int:
 
 
 def write_day(url: str, analysis: xr.Dataset, provenance: Mapping[str, str | None] | None = None,
-              storage_options: Mapping[str, Any] | None = None, members_to_keep: int | None = None) -> int:
+              storage_options: Mapping[str, Any] | None = None, members_to_keep: int | None = None,
+              status: int = FINAL) -> int:
     """Write one day's analysis (the :func:`latentda.analysis.analysis_dataset` layout) into its time slot.
 
-    ``provenance``: ``model_checksum``, ``obs_hash``, ``config_hash`` (hex sha256), stored as hash bytes.
+    ``provenance``: ``model_checksum``, ``obs_hash`` (of the observations of the day's whole window),
+    ``config_hash`` (hex sha256), stored as hash bytes. ``status``: :data:`PRELIMINARY` or :data:`FINAL`; the
+    analysis' ``window_days_observed`` goes with it (archives made before these variables existed skip them).
     Two region writes of whole chunks: the data, diagnostics and provenance first, then ``done = 1``.
     Returns the time index written. Raises :class:`ArchiveError` for a day outside the period or data that does
     not fit the store (grid, variables, members).
@@ -399,6 +416,12 @@ def write_day(url: str, analysis: xr.Dataset, provenance: Mapping[str, str | Non
         if np.issubdtype(dt, np.integer):
             val = np.nan_to_num(np.asarray(val, dtype=np.float64), nan=0)
         out[name] = (("time",), np.asarray(val).reshape(1).astype(dt))
+    if status not in (PRELIMINARY, FINAL):
+        raise ValueError(f"status={status!r} must be PRELIMINARY ({PRELIMINARY}) or FINAL ({FINAL})")
+    if STATUS in ds_store:
+        out[STATUS] = (("time",), np.array([status], dtype=np.int8))
+        wo = analysis[WINDOW_OBSERVED].values if WINDOW_OBSERVED in analysis else np.zeros(1)
+        out[WINDOW_OBSERVED] = (("time",), np.asarray(wo).reshape(1).astype(np.int16))
     prov = dict(provenance or {})
     for name, key in (("model_sha256", "model_checksum"), ("obs_sha256", "obs_hash"),
                       ("config_sha256", "config_hash")):
@@ -406,6 +429,10 @@ def write_day(url: str, analysis: xr.Dataset, provenance: Mapping[str, str | Non
     day_ds = xr.Dataset(out)
     day_ds = day_ds.drop_vars([c for c in day_ds.coords])
     day_ds.attrs = {}
+    if bool(ds_store[DONE].isel(time=i).values):
+        # rewriting a done day (an upgrade or --force): unset its flag first, so that a crash part-way leaves it
+        # "not done" (redone by the next run) instead of "done" with half-new data
+        _write_done(url, storage_options, i, 0)
     _write_region(url, storage_options, day_ds, i)
     _write_done(url, storage_options, i)
     return i
@@ -417,9 +444,9 @@ def _write_region(url: str, storage_options: Mapping[str, Any] | None, ds: xr.Da
                zarr_format=3)
 
 
-def _write_done(url: str, storage_options: Mapping[str, Any] | None, i: int) -> None:
-    """Set the done flag of day ``i`` (called only after the day's data is written)."""
-    _write_region(url, storage_options, xr.Dataset({DONE: (("time",), np.ones(1, dtype=np.int8))}), i)
+def _write_done(url: str, storage_options: Mapping[str, Any] | None, i: int, value: int = 1) -> None:
+    """Set the done flag of day ``i`` (1: only after the day's data is written; 0: before rewriting a done day)."""
+    _write_region(url, storage_options, xr.Dataset({DONE: (("time",), np.full(1, value, dtype=np.int8))}), i)
 
 
 # ------------------------------------------------------------------------------------------------- status
@@ -438,6 +465,19 @@ def day_status(url: str, storage_options: Mapping[str, Any] | None = None, start
         done = done.sel(time=slice(s, e))
     vals = done.values.astype(bool)
     return pd.Series(vals, index=pd.DatetimeIndex(done["time"].values, name="time"), name=DONE)
+
+
+def day_states(url: str, storage_options: Mapping[str, Any] | None = None, start: Any = None,
+               end: Any = None) -> pd.DataFrame:
+    """Per day of ``start..end``: ``done`` (bool) and ``status`` (:data:`NOT_WRITTEN`, :data:`PRELIMINARY`,
+    :data:`FINAL`; an archive made before statuses existed reads FINAL for its done days), indexed by date."""
+    done = day_status(url, storage_options, start, end)
+    ds = open_archive(url, storage_options)
+    if STATUS in ds:
+        st = ds[STATUS].sel(time=done.index.values).values.astype(np.int8)
+    else:
+        st = np.where(done.values, FINAL, NOT_WRITTEN).astype(np.int8)
+    return pd.DataFrame({"done": done.values, "status": st}, index=done.index)
 
 
 def missing_days(url: str, start: Any = None, end: Any = None,

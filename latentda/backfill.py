@@ -25,7 +25,7 @@ from .da.options import AssimilationOptions, as_options
 from .evaluation import heldout_stations
 from .runtime import table_hash, to_days, torch_threads
 
-__all__ = ["DaySettings", "observations_for_day", "holdout_for", "assimilate_day", "assimilate_days", "backfill",
+__all__ = ["DaySettings", "observations_for_day", "window_of", "record_end", "day_status", "days_needing_work", "holdout_for", "assimilate_day", "assimilate_days", "backfill",
            "archive_provenance", "catalog_description", "catalog_metadata", "ensure_archive", "day_range"]
 
 
@@ -61,16 +61,25 @@ class DaySettings:
                    threads=config.assimilation.threads, exclude_stations=tuple(exclude_stations))
 
 
-def observations_for_day(observations: pd.DataFrame, day: Any, exclude_stations: Iterable[str] | None = None
-                         ) -> pd.DataFrame:
-    """The rows of ``observations`` on ``day`` (by the date of ``time``), minus ``exclude_stations``."""
+def _row_days(observations: pd.DataFrame) -> pd.Series:
     if "time" not in observations.columns:
         raise ValueError(f"the observation table has no 'time' column; it has {list(observations.columns)}")
-    d = to_days(day)[0]
     t = pd.to_datetime(observations["time"])
     if getattr(t.dt, "tz", None) is not None:
         t = t.dt.tz_convert("UTC").dt.tz_localize(None)
-    rows = observations[(t.dt.normalize() == d).values]
+    return t.dt.normalize()
+
+
+def observations_for_day(observations: pd.DataFrame, day: Any, exclude_stations: Iterable[str] | None = None,
+                         window: int = 0) -> pd.DataFrame:
+    """The rows of ``observations`` on the days ``[day - window, day + window]`` (by the date of ``time``; the day
+    alone for ``window = 0``), minus ``exclude_stations``, in their given order."""
+    d = to_days(day)[0]
+    t = _row_days(observations)
+    if window:
+        rows = observations[((t >= d - pd.Timedelta(days=window)) & (t <= d + pd.Timedelta(days=window))).values]
+    else:
+        rows = observations[(t == d).values]
     if exclude_stations is not None and "station_id" in rows.columns:
         ex = set(map(str, exclude_stations))
         if ex:
@@ -96,24 +105,68 @@ def assimilate_day(prior, observations: pd.DataFrame, day: Any, settings: DaySet
                           keep_members=bool(settings.members_to_keep), options=settings.options)
 
 
+def window_of(prior) -> int:
+    """Half-width k (days) of the prior's assimilation window: 0 for a day prior."""
+    return int(getattr(prior, "window", 0) or 0)
+
+
+def record_end(observations: pd.DataFrame) -> pd.Timestamp | None:
+    """The last day of the observation record (the latest day with a row), None for an empty table."""
+    t = _row_days(observations)
+    return None if t.isna().all() else t.max()
+
+
+def day_status(day: Any, window: int, end_of_record: pd.Timestamp | None) -> int:
+    """:data:`archive.FINAL` when the observation record reaches the end of the day's window (day + k), else
+    :data:`archive.PRELIMINARY`: observations of the window may still come."""
+    d = to_days(day)[0]
+    final = end_of_record is not None and end_of_record >= d + pd.Timedelta(days=window)
+    return archive.FINAL if final else archive.PRELIMINARY
+
+
+def days_needing_work(url: str, days: Iterable[Any], window: int, end_of_record: pd.Timestamp | None,
+                      storage_options: Mapping[str, Any] | None = None) -> list[pd.Timestamp]:
+    """The days of ``days`` to (re)analyse: not done, or done as preliminary while their window is complete now.
+    A final day, or a preliminary one whose window is still open, is left alone (rerunning it would write the same
+    or no better bytes)."""
+    todo = to_days(list(days))
+    if not todo:
+        return []
+    states = archive.day_states(url, storage_options, min(todo), max(todo))
+    out = []
+    for d in todo:
+        done, status = bool(states.at[d, "done"]), int(states.at[d, "status"])
+        upgrade = status == archive.PRELIMINARY and day_status(d, window, end_of_record) == archive.FINAL
+        if not done or upgrade:
+            out.append(d)
+    return out
+
+
 def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], settings: DaySettings, *,
                     skip_done: bool = False, progress: Callable[[str], None] | None = None) -> list[str]:
     """Assimilate and write each of ``days`` into the archive ``settings.url``; returns the ISO dates written.
 
-    ``skip_done`` leaves days already marked done alone. ``progress(day_iso)`` is called after each day.
+    Each day uses the rows of its window [d - k, d + k] (k = the prior's window; the day alone for a day prior) and
+    is written with its status: final when the observation record reaches d + k, else preliminary.
+    ``skip_done`` leaves alone the days that need no work (:func:`days_needing_work`: done, and final or with
+    their window still open). ``progress(day_iso)`` is called after each day.
     """
     checksum = prior.checksum()
+    k = window_of(prior)
+    end_of_record = record_end(observations)
     todo = to_days(list(days))
-    if skip_done and todo:
-        missing = set(archive.missing_days(settings.url, min(todo), max(todo), settings.storage_options))
-        todo = [d for d in todo if d in missing]
+    if skip_done:
+        todo = days_needing_work(settings.url, todo, k, end_of_record, settings.storage_options)
     written = []
     for d in todo:
-        obs = observations_for_day(observations, d, settings.exclude_stations)
+        obs = observations_for_day(observations, d, settings.exclude_stations, window=k)
         ana = assimilate_day(prior, obs, d, settings)
+        if archive.WINDOW_OBSERVED not in ana:
+            ana[archive.WINDOW_OBSERVED] = (("time",), [int(_row_days(obs).nunique())] if len(obs) else [0])
         archive.write_day(settings.url, ana, {"model_checksum": checksum, "obs_hash": table_hash(obs),
                                               "config_hash": settings.config_hash},
-                          settings.storage_options, members_to_keep=settings.members_to_keep)
+                          settings.storage_options, members_to_keep=settings.members_to_keep,
+                          status=day_status(d, k, end_of_record))
         written.append(str(d.date()))
         if progress is not None:
             progress(written[-1])

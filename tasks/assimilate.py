@@ -76,6 +76,27 @@ def warm_workers(config: RunConfig) -> list:
                           key=f"warm-up-{i}") for i, w in enumerate(workers)]
 
 
+@task(name="days-to-do", cache_policy=NO_CACHE, persist_result=False)
+def days_to_do(config: RunConfig, start: str, end: str) -> list[str]:
+    """ISO dates of ``start..end`` to assimilate now: not done yet, or written as preliminary and with their whole
+    window observed since (``latentda.backfill.days_needing_work``)."""
+    prior = load_prior_cached(config.prior_path, "cpu", config.archive.storage_options)
+    days = pd.date_range(start, end, freq="D")
+    todo = backfill.days_needing_work(config.archive_url, days, backfill.window_of(prior),
+                                      backfill.record_end(run_observations(config)), config.archive.storage_options)
+    return [str(d.date()) for d in todo]
+
+
+@task(name="daily-days", cache_policy=NO_CACHE, persist_result=False)
+def daily_days(config: RunConfig, day: str) -> list[str]:
+    """What the daily run of ``day`` assimilates: ``day`` unless done, and the preliminary days of its window
+    [day - k, day) whose window is complete now (for a day prior: ``day`` alone)."""
+    prior = load_prior_cached(config.prior_path, "cpu", config.archive.storage_options)
+    d = pd.Timestamp(day)
+    first = max(d - pd.Timedelta(days=backfill.window_of(prior)), pd.Timestamp(config.archive.start))
+    return days_to_do.fn(config, str(first.date()), str(d.date()))
+
+
 def split_blocks(days: list[str], block_days: int | None, n_workers: int) -> list[list[str]]:
     """Consecutive blocks of days, one Prefect task each. ``block_days=None``: one block per 8 days per worker
     (at least 16 days), so that the workers are busy inside a block and progress is reported per day anyway."""

@@ -213,3 +213,76 @@ def test_evaluation_and_quicklook(written, world, tmp_path):
     png = quicklook(ds.isel(time=[0]), spec.variables[0], tmp_path / "q.png",
                     observations=observations_for_day(world.obs, "2005-01-02"), truth=world.fields)
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_preliminary_day_is_upgraded_once_its_observations_arrive(tiny_prior_path, world, tmp_path):
+    """A day written before the observation record reaches the end of its window is preliminary; the next run
+    after its observations arrived rewrites it as final; a further run changes nothing (day prior: window 0)."""
+    from latentda import backfill
+
+    _, prior = tiny_prior_path
+    url = str(tmp_path / "a.zarr")
+    lib.create_archive(url, lib.archive_spec(prior, "2005-01-01", "2005-01-10", members=MEMBERS))
+    settings = DaySettings(url=url, members=MEMBERS, seed=0, options=OPTS, config_hash="c" * 64)
+    t = pd.to_datetime(world.obs["time"]).dt.normalize()
+    early = world.obs[(t <= "2005-01-04").values]  # the record so far ends on the 4th
+    days = ["2005-01-04", "2005-01-05"]
+    assert assimilate_days(prior, early, days, settings, skip_done=True) == days
+    st = lib.day_states(url, None, "2005-01-04", "2005-01-05")
+    assert list(st["status"]) == [lib.FINAL, lib.PRELIMINARY] and st["done"].all()
+    ds = lib.open_archive(url)
+    assert int(ds[lib.WINDOW_OBSERVED].sel(time="2005-01-04")) == 1
+    assert int(ds[lib.WINDOW_OBSERVED].sel(time="2005-01-05")) == 0
+    # nothing new: the preliminary day's window is still open, the final one is done: no work
+    assert backfill.days_needing_work(url, days, 0, backfill.record_end(early)) == []
+    assert assimilate_days(prior, early, days, settings, skip_done=True) == []
+    # the observations of the 5th arrive: only the preliminary day is redone, and it is final now
+    later = world.obs[(t <= "2005-01-05").values]
+    before = _zarr_json_bytes(url)
+    assert assimilate_days(prior, later, days, settings, skip_done=True) == ["2005-01-05"]
+    st = lib.day_states(url, None, "2005-01-04", "2005-01-05")
+    assert list(st["status"]) == [lib.FINAL, lib.FINAL]
+    assert lib.hexdigest(lib.open_archive(url).obs_sha256.sel(time="2005-01-05").values) == \
+        table_hash(observations_for_day(later, "2005-01-05"))
+    after = _zarr_json_bytes(url)
+    assert after != before
+    # a further run changes nothing; forcing a final day rewrites the same bytes
+    assert assimilate_days(prior, later, days, settings, skip_done=True) == []
+    assert assimilate_days(prior, later, ["2005-01-05"], settings) == ["2005-01-05"]
+    assert _zarr_json_bytes(url) == after
+
+
+def test_window_rows_and_status_rule():
+    from latentda import backfill
+
+    obs = pd.DataFrame({"time": pd.to_datetime(["2005-01-01", "2005-01-02", "2005-01-03", "2005-01-05"]),
+                        "station_id": ["a", "b", "c", "d"]})
+    assert list(backfill.observations_for_day(obs, "2005-01-02", window=1).station_id) == ["a", "b", "c"]
+    assert list(backfill.observations_for_day(obs, "2005-01-04", window=1).station_id) == ["c", "d"]
+    assert list(backfill.observations_for_day(obs, "2005-01-04").station_id) == []
+    end = backfill.record_end(obs)
+    assert end == pd.Timestamp("2005-01-05")
+    assert backfill.day_status("2005-01-03", 2, end) == lib.FINAL
+    assert backfill.day_status("2005-01-04", 2, end) == lib.PRELIMINARY  # needs the 6th
+    assert backfill.day_status("2005-01-04", 0, None) == lib.PRELIMINARY  # no record at all
+
+
+def test_rewrite_of_a_done_day_unsets_its_flag_before_the_data(written, world, monkeypatch):
+    """A crash while a done day is rewritten (upgrade, --force) leaves it not done, never done with half-new data."""
+    url, spec, prior = written
+    calls = []
+    real = lib._write_region
+
+    def spy(u, so, ds, i):
+        calls.append(sorted(ds.data_vars))
+        if lib.DONE not in ds:
+            raise KeyboardInterrupt("killed while writing the data")
+        return real(u, so, ds, i)
+
+    monkeypatch.setattr(lib, "_write_region", spy)
+    with pytest.raises(KeyboardInterrupt):
+        assimilate_days(prior, world.obs, ["2005-01-02"], _settings(url))
+    monkeypatch.undo()
+    assert calls[0] == [lib.DONE]  # the flag went down first
+    assert pd.Timestamp("2005-01-02") in lib.missing_days(url, "2005-01-01", "2005-01-10")
+    assert assimilate_days(prior, world.obs, ["2005-01-02"], _settings(url), skip_done=True) == ["2005-01-02"]
