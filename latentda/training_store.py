@@ -14,7 +14,7 @@ import pandas as pd
 import xarray as xr
 
 from . import storage
-from .archive import TIME_ENCODING
+from .archive_layout import TIME_ENCODING
 
 __all__ = ["write_training_store", "open_training_store", "training_fields"]
 
