@@ -10,7 +10,7 @@ def cmd_feedback(args, out=None) -> int:
     """Print the per-variable table (n used / rejected by reason / held out, O−B and O−A mean and RMS over used
     rows) and the stations with a persistent O−B bias or a high rejection rate, for ``--start..--end``."""
     out = out or sys.stdout
-    from latentda import archive, storage
+    from latentda import storage
     from latentda.config import load_config
     from latentda.feedback import FeedbackSummaryOptions, feedback_url, format_summary, read_feedback
 
@@ -18,9 +18,7 @@ def cmd_feedback(args, out=None) -> int:
     opts = FeedbackSummaryOptions(bias_t=args.bias_t, reject_rate=args.reject_rate, min_rows=args.min_rows)
     url, so = cfg.archive_url, dict(cfg.archive.storage_options) or None
     out.write(f"feedback {storage.redact(feedback_url(url))}\n")
-    try:
-        archive.open_archive(url, so)
-    except FileNotFoundError:
+    if not storage.exists(url, so):
         out.write(f"no archive yet (period {cfg.archive.start}..{cfg.archive.end}); run "
                   f"`latentda backfill --config {args.config}`\n")
         return 0
