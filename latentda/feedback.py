@@ -319,7 +319,8 @@ def format_summary(feedback: pd.DataFrame, options: FeedbackSummaryOptions | Non
                    max_stations: int = 20) -> str:
     """The text printed by ``latentda feedback``: the per-variable table and the flagged stations."""
     if feedback.empty:
-        return "no feedback for this range (no day done yet)\n"
+        return ("no feedback for this range: no day of it is done, or its days were written by a version without "
+                "feedback (`latentda backfill --force` rewrites them)\n")
     days = pd.DatetimeIndex(feedback["day"])
     lines = [f"feedback {days.min().date()}..{days.max().date()}: {days.nunique()} day(s), {len(feedback)} "
              "observation rows (O-B, O-A over used rows, units of each variable)"]
