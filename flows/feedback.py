@@ -12,7 +12,8 @@ def cmd_feedback(args, out=None) -> int:
     out = out or sys.stdout
     from latentda import storage
     from latentda.config import load_config
-    from latentda.feedback import FeedbackSummaryOptions, feedback_url, format_summary, read_feedback
+    from latentda.feedback import (FeedbackSummaryOptions, feedback_url, format_summary, read_feedback,
+                                   station_summary)
 
     cfg = load_config(args.config)
     opts = FeedbackSummaryOptions(bias_t=args.bias_t, reject_rate=args.reject_rate, min_rows=args.min_rows)
@@ -24,6 +25,9 @@ def cmd_feedback(args, out=None) -> int:
         return 0
     fb = read_feedback(url, args.start, args.end, so)
     out.write(format_summary(fb, opts, max_stations=args.max_stations))
+    if args.stations_csv:
+        station_summary(fb, opts.min_rows).to_csv(args.stations_csv, index=False, float_format="%.6g")
+        out.write(f"per-station statistics: {args.stations_csv}\n")
     return 0
 
 
@@ -37,3 +41,5 @@ def add_arguments(sp) -> None:
                     help="flag a station with more than this fraction of its rows rejected (default 0.5)")
     sp.add_argument("--min-rows", type=int, default=3, help="rows a station needs to be flagged (default 3)")
     sp.add_argument("--max-stations", type=int, default=20, help="flagged stations listed (default 20)")
+    sp.add_argument("--stations-csv", help="also write the departure statistics of every station and variable "
+                                           "(latentda.feedback.station_summary) to this CSV file")

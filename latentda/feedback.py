@@ -33,7 +33,7 @@ from .obs.schema import QC_OK
 from .runtime import to_days
 
 __all__ = ["COLUMNS", "STATUSES", "feedback_table", "positioned", "feedback_url", "day_url", "write_day_feedback",
-           "read_feedback", "observation_feedback", "FeedbackSummaryOptions", "variable_summary", "station_flags",
+           "read_feedback", "observation_feedback", "FeedbackSummaryOptions", "variable_summary", "station_summary", "station_flags",
            "format_summary"]
 
 #: The feedback table's columns, in order (units: those of ``value`` for value/error/omb/oma/spread).
@@ -287,27 +287,37 @@ def variable_summary(feedback: pd.DataFrame) -> pd.DataFrame:
                                       if c.startswith("rej:")}) if rows else pd.DataFrame()
 
 
+def station_summary(feedback: pd.DataFrame, min_rows: int = 3) -> pd.DataFrame:
+    """Per station and variable (held-out rows left out): used, rejected, total, reject_rate, the mean, standard
+    deviation and RMS of O−B and the RMS of O−A over the used rows, and omb_t = |mean O−B| / (sd / sqrt(used))
+    (NaN with fewer than ``min_rows`` used rows; infinite for a constant non-zero O−B)."""
+    fb = feedback[feedback["status"] != "held_out"]
+    used = (fb["status"] == "used") & np.isfinite(fb["omb"])
+    omb = fb["omb"].where(used)
+    g = pd.DataFrame({"station_id": fb["station_id"], "variable": fb["variable"], "omb": omb, "omb2": omb ** 2,
+                      "oma2": fb["oma"].where(used) ** 2, "rej": (fb["status"] == "rejected").astype(np.int64)}
+                     ).groupby(["station_id", "variable"])
+    st = g.agg(used=("omb", "count"), rejected=("rej", "sum"), total=("rej", "size"), omb_mean=("omb", "mean"),
+               omb_sd=("omb", "std"), omb_ms=("omb2", "mean"), oma_ms=("oma2", "mean")).reset_index()
+    st["omb_rms"], st["oma_rms"] = np.sqrt(st.pop("omb_ms")), np.sqrt(st.pop("oma_ms"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.abs(st["omb_mean"]) / (st["omb_sd"] / np.sqrt(st["used"]))
+    t = t.where(st["omb_sd"] > 0, np.where(st["omb_mean"].abs() > 0, np.inf, 0.0))
+    st["omb_t"] = t.where(st["used"] >= min_rows)
+    st["reject_rate"] = st["rejected"] / st["total"]
+    return st
+
+
 def station_flags(feedback: pd.DataFrame, options: FeedbackSummaryOptions | None = None) -> pd.DataFrame:
     """Stations (per variable) with a persistent O−B bias or a high rejection rate (see
     :class:`FeedbackSummaryOptions`): columns station_id, variable, used, rejected, reject_rate, omb_mean,
     omb_t, reason ("bias", "rejections" or "bias+rejections"); sorted by rejection rate, then t."""
     o = options or FeedbackSummaryOptions()
-    fb = feedback[feedback["status"] != "held_out"]
     cols = ["station_id", "variable", "used", "rejected", "reject_rate", "omb_mean", "omb_t", "reason"]
-    if fb.empty:
+    if feedback.empty:
         return pd.DataFrame(columns=cols)
-    used_omb = fb["omb"].where((fb["status"] == "used") & np.isfinite(fb["omb"]))
-    g = pd.DataFrame({"station_id": fb["station_id"], "variable": fb["variable"], "omb": used_omb,
-                      "rej": (fb["status"] == "rejected").astype(np.int64)}).groupby(["station_id", "variable"])
-    st = g.agg(used=("omb", "count"), omb_mean=("omb", "mean"), omb_sd=("omb", "std"), rejected=("rej", "sum"),
-               total=("rej", "size")).reset_index()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.abs(st["omb_mean"]) / (st["omb_sd"] / np.sqrt(st["used"]))
-    # sd 0: t is infinite for a non-zero mean, 0 for a zero mean; NaN (too few used rows) never flags
-    t = t.where(st["omb_sd"] > 0, np.where(st["omb_mean"].abs() > 0, np.inf, 0.0))
-    st["omb_t"] = t.where(st["used"] >= o.min_rows)
-    st["reject_rate"] = st["rejected"] / st["total"]
-    bias = (st["omb_t"] > o.bias_t).to_numpy()
+    st = station_summary(feedback, o.min_rows)
+    bias = (st["omb_t"] > o.bias_t).to_numpy()  # False for NaN (too few used rows)
     rej = ((st["total"] >= o.min_rows) & (st["reject_rate"] > o.reject_rate)).to_numpy()
     st["reason"] = np.where(bias & rej, "bias+rejections", np.where(bias, "bias", "rejections"))
     st = st[bias | rej]

@@ -133,6 +133,10 @@ def test_station_flags_bias_and_rejections():
     assert set(flags.index) == {"biased", "noisy"}
     assert flags.loc["biased", "reason"] == "bias" and flags.loc["noisy", "reason"] == "rejections"
     assert flags.loc["noisy", "reject_rate"] == pytest.approx(0.75)
+    allst = fbk.station_summary(fb).set_index("station_id")
+    assert allst.loc["ok", "used"] == n and allst.loc["noisy", "total"] == n
+    np.testing.assert_allclose(allst.loc["biased", "omb_rms"],
+                               np.sqrt(np.mean(fb.loc[fb["station_id"] == "biased", "omb"] ** 2)))
     with pytest.raises(ValueError, match="reject_rate=1.5"):
         fbk.FeedbackSummaryOptions(reject_rate=1.5)
 
@@ -255,8 +259,12 @@ def test_feedback_opens_through_the_output_catalog(backfilled, run_config):
 def test_cli_feedback_prints_the_table(backfilled, run_config, capsys):
     from flows.cli import main
 
-    assert main(["feedback", "--config", run_config, "--start", DAYS[1], "--end", DAYS[3]]) == 0
+    csv = Path(run_config).parent / "stations.csv"
+    assert main(["feedback", "--config", run_config, "--start", DAYS[1], "--end", DAYS[3],
+                 "--stations-csv", str(csv)]) == 0
     text = capsys.readouterr().out
+    st = pd.read_csv(csv)
+    assert {"station_id", "variable", "used", "omb_rms", "oma_rms", "omb_t"} <= set(st.columns) and len(st) > 30
     assert f"feedback {DAYS[1]}..{DAYS[3]}: 3 day(s)" in text
     assert "air_temperature" in text and "O-B rms" in text and "lat_out_of_range 1" in text
     assert main(["feedback", "--config", run_config, "--start", DAYS[3], "--end", DAYS[1]]) == 2
