@@ -5,6 +5,7 @@
     latentda backfill [--start D --end D]                       assimilate the missing days of a range
     latentda daily [--date D] [--force] [--serve]               one day (default yesterday UTC)
     latentda status [--start D --end D]                         days done / missing in the archive
+    latentda feedback [--start D --end D]                       O-B / O-A per variable, QC, flagged stations
     latentda evaluate [--start D --end D]                       skill table (Prefect artifact) + quicklook
     latentda quicklook --date D [--variable V]                  PNG of one archived day
     latentda simulate ...  /  latentda make-obs ...             demo data generators (their own options)
@@ -85,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("status", "days done / missing in the archive")
     range_args(sp, what="the whole archive period")
+
+    sp = add("feedback", "per-observation feedback: O-B and O-A per variable, rejections by reason, flagged "
+                         "stations")
+    from .feedback import add_arguments as feedback_arguments
+
+    feedback_arguments(sp)
 
     sp = add("evaluate", "skill against the truth / held-out stations (Prefect artifact) and a quicklook")
     range_args(sp)
@@ -256,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = getattr(mod, fn)(argv[1:])
         return int(rc or 0)
     args = build_parser().parse_args(argv)
-    if args.command not in ("status", "quicklook"):
+    if args.command not in ("status", "quicklook", "feedback"):
         from . import quiet_dask_logs
 
         quiet_dask_logs()
@@ -285,6 +292,10 @@ def _dispatch(args) -> int:
     c = args.command
     if c == "status":
         return cmd_status(args)
+    if c == "feedback":
+        from .feedback import cmd_feedback
+
+        return cmd_feedback(args)
     if c == "quicklook":
         cmd_quicklook(args)
         return 0

@@ -9,8 +9,10 @@ Dask workers), the benchmarks and the tests all call it, so they write the same 
 
 Each day: the rows of that day (minus held-out stations) -> ``latentda.assimilate`` with the run's base seed
 (draws derive from ``SeedSequence([seed, day, ...])``) at a fixed torch thread count -> ``archive.write_day``
-with the day's provenance (prior checksum, observation-table hash, config hash). Days are independent.
-No orchestration import.
+with the day's provenance (prior checksum, observation-table hash, config hash). Before the archive write, the
+day's per-observation feedback (every input row of the day: used, rejected with its QC reason, held out) is
+written beside the archive (:mod:`latentda.feedback`), so it is complete before the day's done flag. Days are
+independent. No orchestration import.
 """
 from __future__ import annotations
 
@@ -20,13 +22,15 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 import xarray as xr
 
-from . import archive
+from . import archive, feedback
 from .da.options import AssimilationOptions, as_options
 from .evaluation import heldout_stations
 from .runtime import table_hash, to_days, torch_threads
 
-__all__ = ["DaySettings", "observations_for_day", "window_of", "record_end", "day_status", "days_needing_work", "holdout_for", "assimilate_day", "assimilate_days", "backfill",
-           "archive_provenance", "catalog_description", "catalog_metadata", "ensure_archive", "day_range"]
+__all__ = ["DaySettings", "observations_for_day", "split_holdout", "window_of", "record_end", "day_status",
+           "days_needing_work", "holdout_for", "assimilate_day", "assimilate_days", "backfill", "archive_provenance",
+           "catalog_description", "feedback_entry_name", "feedback_description", "catalog_metadata",
+           "ensure_archive", "day_range"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,7 @@ class DaySettings:
     ``threads``: torch intra-op threads during the assimilation (float32 reductions round differently with
     another count: keep it fixed, default 1 as on a Dask worker, for byte-identical archives; None: leave torch's
     setting). ``exclude_stations``: station ids never assimilated (the evaluation hold-out).
+    ``feedback``: write each day's per-observation feedback beside the archive (:mod:`latentda.feedback`).
     """
 
     url: str
@@ -47,6 +52,7 @@ class DaySettings:
     storage_options: Mapping[str, Any] | None = None
     threads: int | None = 1
     exclude_stations: tuple[str, ...] = ()
+    feedback: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", as_options(self.options))
@@ -80,11 +86,17 @@ def observations_for_day(observations: pd.DataFrame, day: Any, exclude_stations:
         rows = observations[((t >= d - pd.Timedelta(days=window)) & (t <= d + pd.Timedelta(days=window))).values]
     else:
         rows = observations[(t == d).values]
-    if exclude_stations is not None and "station_id" in rows.columns:
-        ex = set(map(str, exclude_stations))
-        if ex:
-            rows = rows[~rows["station_id"].astype(str).isin(ex).values]
-    return rows.reset_index(drop=True)
+    return split_holdout(rows, exclude_stations or ())[0]
+
+
+def split_holdout(rows: pd.DataFrame, exclude_stations: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(assimilated, held_out)``: the rows whose station is not / is in ``exclude_stations``, each with a fresh
+    index, in their input order."""
+    ex = set(map(str, exclude_stations))
+    if not ex or "station_id" not in rows.columns:
+        return rows.reset_index(drop=True), rows.iloc[:0].reset_index(drop=True)
+    held = rows["station_id"].astype(str).isin(ex).values
+    return rows[~held].reset_index(drop=True), rows[held].reset_index(drop=True)
 
 
 def holdout_for(config, observations: pd.DataFrame) -> list[str]:
@@ -95,14 +107,19 @@ def holdout_for(config, observations: pd.DataFrame) -> list[str]:
     return heldout_stations(observations["station_id"].astype(str).unique(), fraction, config.assimilation.seed)
 
 
-def assimilate_day(prior, observations: pd.DataFrame, day: Any, settings: DaySettings) -> xr.Dataset:
+def assimilate_day(prior, observations: pd.DataFrame, day: Any, settings: DaySettings,
+                   held_out: pd.DataFrame | None = None) -> xr.Dataset | tuple[xr.Dataset, pd.DataFrame]:
     """One day's analysis: ``latentda.assimilate`` with the run's base seed, options and thread count (the same
-    call in a notebook reproduces the archived day). ``observations`` are that day's rows."""
+    call in a notebook reproduces the archived day). ``observations`` are that day's rows.
+
+    With ``held_out`` (that day's held-out rows, possibly empty): ``(analysis, feedback)``, the feedback of every
+    row of both tables (:mod:`latentda.feedback`); the analysis is the same bytes."""
     from .da.rto import assimilate  # lazy: latentda.da.rto pulls in torch
 
     with torch_threads(settings.threads):
         return assimilate(prior, observations, to_days(day)[0], members=settings.members, seed=settings.seed,
-                          keep_members=bool(settings.members_to_keep), options=settings.options)
+                          keep_members=bool(settings.members_to_keep), options=settings.options,
+                          feedback=held_out is not None, passive=held_out)
 
 
 def window_of(prior) -> int:
@@ -159,8 +176,13 @@ def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], sett
         todo = days_needing_work(settings.url, todo, k, end_of_record, settings.storage_options)
     written = []
     for d in todo:
-        obs = observations_for_day(observations, d, settings.exclude_stations, window=k)
-        ana = assimilate_day(prior, obs, d, settings)
+        if settings.feedback:
+            obs, held = split_holdout(observations_for_day(observations, d, window=k), settings.exclude_stations)
+            ana, fb = assimilate_day(prior, obs, d, settings, held_out=held)
+            feedback.write_day_feedback(settings.url, d, fb, settings.storage_options)  # before the done flag
+        else:
+            obs = observations_for_day(observations, d, settings.exclude_stations, window=k)
+            ana = assimilate_day(prior, obs, d, settings)
         if archive.WINDOW_OBSERVED not in ana:
             ana[archive.WINDOW_OBSERVED] = (("time",), [int(_row_days(obs).nunique())] if len(obs) else [0])
         archive.write_day(settings.url, ana, {"model_checksum": checksum, "obs_hash": table_hash(obs),
@@ -197,6 +219,17 @@ def catalog_description(config) -> str:
     """One line describing the archive in the output catalog."""
     return (f"latentda reanalysis '{config.name}': {', '.join(config.variables)}, "
             f"{config.archive.start}..{config.archive.end}, {config.assimilation.members} members")
+
+
+def feedback_entry_name(config) -> str:
+    """Name of the archive's per-observation feedback entry in the output catalog: ``<archive.name>_feedback``."""
+    return f"{config.archive.name}_feedback"
+
+
+def feedback_description(config) -> str:
+    """One line describing the feedback entry in the output catalog."""
+    return (f"per-observation feedback of '{config.name}' (O-B, O-A, spread, QC flag and reason per input row; "
+            f"done days only; pandas DataFrame via .read())")
 
 
 def catalog_metadata(config) -> dict[str, Any]:

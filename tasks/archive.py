@@ -107,7 +107,12 @@ def validate_archive(config: RunConfig, start: str | None = None, end: str | Non
 
 @task(name="register-archive", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
 def register_archive(config: RunConfig) -> str:
-    """Add or replace the run's entry in the output catalog (driver zarr, storage options without secrets)."""
+    """Add or replace the run's entries in the output catalog (storage options without secrets): the archive
+    (driver zarr) and its per-observation feedback (``<name>_feedback``, ``tasks.intake_sources.FeedbackSource``)."""
     entry = catalog_io.ZarrEntry(config.archive.name, config.archive_url, config.archive.storage_options,
                                  backfill.catalog_description(config), backfill.catalog_metadata(config))
-    return catalog_io.register_zarr_source(config.output_catalog, entry)
+    catalog_io.register_zarr_source(config.output_catalog, entry)
+    fb = catalog_io.ZarrEntry(backfill.feedback_entry_name(config), config.archive_url,
+                              config.archive.storage_options, backfill.feedback_description(config),
+                              dict(backfill.catalog_metadata(config), archive_entry=config.archive.name))
+    return catalog_io.register_feedback_source(config.output_catalog, fb)

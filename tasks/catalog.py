@@ -63,13 +63,41 @@ def register_zarr_source(catalog_path: str | os.PathLike, entry: ZarrEntry) -> s
     from the environment when the catalog is read). The file is replaced atomically. Returns its path.
     ``intake.open_catalog(path)[name].to_dask()`` then opens the archive lazily with dask.
     """
+    args = {"urlpath": _catalog_urlpath(entry.url, catalog_path), "consolidated": False}
+    return _write_entry(catalog_path, entry, "zarr", args, f"latentda reanalysis archive {entry.name}")
+
+
+def register_feedback_source(catalog_path: str | os.PathLike, entry: ZarrEntry) -> str:
+    """Add or replace the per-observation feedback entry of the archive at ``entry.url`` (driver
+    ``tasks.intake_sources.FeedbackSource``; ``latentda.feedback`` explains the table) in the output catalog, as
+    :func:`register_zarr_source` does for the archive. ``intake.open_catalog(path)[name].read()`` gives the
+    feedback of every done day as one pandas DataFrame. Returns the catalog's path."""
+    args = {"urlpath": _catalog_urlpath(entry.url, catalog_path)}
+    return _write_entry(catalog_path, entry, "tasks.intake_sources.FeedbackSource", args,
+                        f"latentda per-observation feedback {entry.name}")
+
+
+def _catalog_urlpath(url: str, catalog_path: str | os.PathLike) -> str:
+    """``url`` as written in the catalog: redacted if remote; relative to ``{{ CATALOG_DIR }}`` if local and inside
+    the catalog folder's parent tree, else absolute."""
+    from latentda import storage
+
+    if storage.is_remote(url):
+        return storage.redact(url)
+    local = os.path.abspath(storage.strip_protocol(url) if url.startswith("file://") else url)
+    rel = os.path.relpath(local, Path(catalog_path).parent.resolve())
+    return local if rel.startswith(".." + os.sep + "..") else "{{ CATALOG_DIR }}/" + Path(rel).as_posix()
+
+
+def _write_entry(catalog_path: str | os.PathLike, entry: ZarrEntry, driver: str, args: dict,
+                 default_description: str) -> str:
+    """Add or replace ``entry`` (with ``driver`` and ``args``; storage options added without secrets) in the v1
+    YAML catalog at ``catalog_path``, created if missing, replaced atomically. Returns its path."""
     import yaml
 
     from latentda import storage
     from latentda.config import redact_storage_options
 
-    name, url, storage_options = entry.name, entry.url, entry.storage_options
-    description, metadata = entry.description, entry.metadata
     p = Path(catalog_path)
     data = yaml.safe_load(p.read_text()) if p.exists() else None
     if data is None:
@@ -78,23 +106,16 @@ def register_zarr_source(catalog_path: str | os.PathLike, entry: ZarrEntry) -> s
         raise ValueError(f"output catalog {str(p)!r} is not a v1 Intake YAML catalog (a 'sources' mapping)")
     data.setdefault("metadata", {"version": 1,
                                  "description": "latentda reanalysis archives (entries written by latentda runs)"})
-    if storage.is_remote(url):
-        urlpath = storage.redact(url)
-    else:
-        local = os.path.abspath(storage.strip_protocol(url) if url.startswith("file://") else url)
-        rel = os.path.relpath(local, p.parent.resolve())
-        urlpath = local if rel.startswith(".." + os.sep + "..") else "{{ CATALOG_DIR }}/" + Path(rel).as_posix()
-    args: dict = {"urlpath": urlpath, "consolidated": False}
-    opts = redact_storage_options(storage_options)
+    opts = redact_storage_options(entry.storage_options)
     if opts:
-        args["storage_options"] = opts
-    entry_ = {"description": description or f"latentda reanalysis archive {name}", "driver": "zarr",
-              "args": args, "metadata": storage.redact(dict(metadata or {}))}
-    data.setdefault("sources", {})[name] = entry_
+        args = dict(args, storage_options=opts)
+    entry_ = {"description": entry.description or default_description, "driver": driver,
+              "args": args, "metadata": storage.redact(dict(entry.metadata or {}))}
+    data.setdefault("sources", {})[entry.name] = entry_
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     header = "# Written by latentda (tasks.catalog.register_zarr_source): reanalysis archives, open with\n" \
-             "#   intake.open_catalog(PATH)[NAME].to_dask()\n"
+             "#   intake.open_catalog(PATH)[NAME].to_dask()   (feedback entries: .read())\n"
     tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
     os.replace(tmp, p)
     return str(p)

@@ -1,5 +1,5 @@
-"""Intake (v1 YAML) data sources for observation tables: Parquet tables in latentda's layout, and GHCN-Daily /
-ISD-like station files read by a declared layout. Local files or any fsspec URL (object storage)."""
+"""Intake (v1 YAML) data sources for observation tables: Parquet tables in latentda's layout, GHCN-Daily /
+ISD-like station files read by a declared layout, and the per-observation feedback of an archive. Local files or any fsspec URL (object storage)."""
 from __future__ import annotations
 
 import fsspec
@@ -54,6 +54,27 @@ class ParquetTableSource(_TableSource):
     def _load(self) -> pd.DataFrame:
         with fsspec.open(self.urlpath, "rb", **self.storage_options) as f:
             return pd.read_parquet(f, columns=self.columns)
+
+
+class FeedbackSource(_TableSource):
+    """The per-observation feedback of a latentda archive (Parquet files partitioned by day beside it, see
+    :mod:`latentda.feedback`), done days only, as one pandas DataFrame:
+    ``driver: tasks.intake_sources.FeedbackSource`` with ``urlpath`` the ARCHIVE's URL; ``start``/``end``
+    (YYYY-MM-DD) limit the days read."""
+
+    name = "latentda_feedback"
+
+    def __init__(self, urlpath: str, storage_options: dict | None = None, start: str | None = None,
+                 end: str | None = None, metadata: dict | None = None):
+        super().__init__(metadata=metadata)
+        self.urlpath = urlpath
+        self.storage_options = storage_options or {}
+        self.start, self.end = start, end
+
+    def _load(self) -> pd.DataFrame:
+        from latentda.feedback import read_feedback
+
+        return read_feedback(self.urlpath, self.start, self.end, self.storage_options or None)
 
 
 class StationTableSource(_TableSource):

@@ -136,6 +136,12 @@ def test_kill9_backfill_mid_range_then_rerun_is_byte_identical(prefect_harness, 
     after_kill = days_done(url)
     assert 2 <= len(after_kill) < len(days), after_kill  # mid-range
     lib.validate_archive(url)  # what is marked done is complete
+    from latentda import feedback as fbk
+
+    fb = fbk.read_feedback(url)  # the feedback shows exactly the done days, each whole
+    assert sorted(set(fb["day"].dt.strftime("%Y-%m-%d"))) == after_kill
+    assert len(fb) == sum(int((pd.to_datetime(world.obs["time"]).dt.normalize() == pd.Timestamp(d)).sum())
+                          for d in after_kill)
 
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -149,6 +155,8 @@ def test_kill9_backfill_mid_range_then_rerun_is_byte_identical(prefect_harness, 
     fa, fb = chunk_files(url), chunk_files(ref)
     assert fa.keys() == fb.keys()
     assert [k for k in fa if fa[k] != fb[k]] == []  # every chunk file, byte for byte
+    for d in days:  # and every day's feedback file
+        assert Path(fbk.day_url(url, d)).read_bytes() == Path(fbk.day_url(ref, d)).read_bytes(), d
 
 
 # ------------------------------------------------------------------------------------------ worker kill

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -156,6 +157,13 @@ def test_backfill_into_s3_from_two_workers_reads_back_and_leaks_nothing(prefect_
     np.testing.assert_array_equal(ds[v].values, ref[v].values)
     assert np.isfinite(ds[v].values[:4]).all()
     lib.validate_archive(url)
+    # the per-observation feedback went to S3 beside the archive and reads back through the catalog
+    fb = cat[f"{cfg.archive.name}_feedback"].read()
+    assert sorted(set(fb["day"].dt.strftime("%Y-%m-%d"))) == [f"2005-01-0{i}" for i in range(1, 5)]
+    assert len(fb) == sum(int((pd.to_datetime(world.obs["time"]).dt.day == i).sum()) for i in range(1, 5))
+    fb_keys = [k for k in list_objects(s3.endpoint_url, BUCKET, "reanalysis/archive.zarr.feedback/")]
+    assert sorted(fb_keys) == [f"reanalysis/archive.zarr.feedback/day=2005-01-0{i}/part.parquet"
+                               for i in range(1, 5)]  # no temporary object left
 
     # the secret is nowhere the system wrote or logged
     secret = TEST_SECRET.encode()

@@ -101,7 +101,8 @@ def _length_scale(prior, grid, opts: AssimilationOptions) -> float:
 
 def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed: int = 0, *,
                keep_members: bool = False, options: AssimilationOptions | Mapping[str, Any] | None = None,
-               **kwargs: Any) -> xr.Dataset:
+               feedback: bool = False, passive: pd.DataFrame | None = None,
+               **kwargs: Any) -> xr.Dataset | tuple[xr.Dataset, pd.DataFrame]:
     """Analyse one day with an ensemble of ``members`` latent RTO solves (see the module docstring for J).
 
     Parameters
@@ -114,6 +115,11 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
     time : the day (anything ``pandas.Timestamp`` accepts; normalised to midnight).
     members, seed : ensemble size and base seed; draws come from ``SeedSequence([seed, day ordinal, stream, m])``.
     keep_members : also return ``<var>_members`` (time, member, lat, lon).
+    feedback : also return the per-observation feedback (:mod:`latentda.feedback`): one row per row of
+        ``observations`` (O−B, O−A, analysis spread at the observation, QC reason, status used/rejected), then one
+        per row of ``passive``. The analysis is the same bytes with or without it.
+    passive : rows that are never assimilated (the evaluation hold-out): schema-checked and given O−B/O−A with
+        status ``held_out`` in the feedback; ignored unless ``feedback``.
     qc_threshold : k of the gross-departure check ``|y − H x̄_b| > k sqrt(sigma_o² + var_b(H x))`` (inf: off);
         x̄_b and var_b come from max(members, 32) prior draws (the ensemble's own draws first) plus the
         representation-error variance diag(G Gᵀ), var_b floored at the climatological variance H s(d)².
@@ -154,18 +160,39 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
     -------
     xr.Dataset from :func:`latentda.analysis.analysis_dataset` (physical units): ensemble mean, spread (ddof=1),
     optional members and diagnostics; ``no_obs=1`` and the prior ensemble when no observation is usable.
+    With ``feedback=True``: ``(dataset, feedback_table)``.
     Work is float32 on ``prior.device``; on the CPU the same inputs give identical bytes.
     """
     _check_ensemble(members, seed)
     opts = as_options(options, **kwargs)
     with _strict_float32(torch.device(prior.device)):
-        return _assimilate(prior, observations, time, int(members), int(seed), keep_members=bool(keep_members),
-                           opts=opts)
+        ds, table, xb, xa = _assimilate(prior, observations, time, int(members), int(seed),
+                                        keep_members=bool(keep_members), opts=opts)
+    if not feedback:
+        return ds
+    return ds, _feedback(prior, table, passive, time, xb, xa, opts)
+
+
+def _feedback(prior, table: pd.DataFrame, passive: pd.DataFrame | None, time, xb: torch.Tensor,
+              xa: np.ndarray, opts: AssimilationOptions) -> pd.DataFrame:
+    """The feedback of the assimilated rows (``table``: QC'd, in input order) and of the ``passive`` rows."""
+    from ..feedback import observation_feedback
+
+    day = pd.Timestamp(time).normalize()
+    variables = list(prior.variables)
+    xb_mean = xb.double().mean(0).cpu().numpy()
+    parts = [observation_feedback(table, day, prior.grid, variables, xb_mean, xa)]
+    if passive is not None and len(passive):
+        held = validate_observations(passive, variables, default_error=opts.default_error, time=day)
+        parts.append(observation_feedback(held, day, prior.grid, variables, xb_mean, xa, held_out=True))
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
 def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int, *, keep_members: bool,
-                opts: AssimilationOptions) -> xr.Dataset:
-    """The body of :func:`assimilate` (arguments already checked)."""
+                opts: AssimilationOptions) -> tuple[xr.Dataset, pd.DataFrame, torch.Tensor, np.ndarray]:
+    """The body of :func:`assimilate` (arguments already checked): the analysis dataset, the QC'd table (one row
+    per input row, in order), the background ensemble xb (M, C, nlat, nlon) tensor and the analysis members
+    (M, C, nlat, nlon) float32 array, physical units."""
     k_qc, max_iter, tol = opts.qc_threshold, opts.max_iter, opts.tol
     ordinal = day_ordinal(time)
     day = pd.Timestamp(time).normalize()
@@ -255,8 +282,9 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     if usable.size == 0:
         log.info("%s: no usable observation (%s): returning the prior ensemble", day.date(), counts)
         diag.update(fit_before=np.nan, fit_after=np.nan, cost=0.0, iterations=0, converged_fraction=1.0, no_obs=1)
-        return analysis_dataset(xb.cpu().numpy(), variables, grid, day, diag, METHOD, counts,
-                                var_attrs=prior.var_attrs, keep_members=keep_members, attrs=attrs)
+        xa_np = xb.cpu().numpy()
+        return (analysis_dataset(xa_np, variables, grid, day, diag, METHOD, counts, var_attrs=prior.var_attrs,
+                                 keep_members=keep_members, attrs=attrs), table, xb, xa_np)
 
     # -- the observation-space quantities of the used rows ---------------------------------------------------
     op = build(usable)
@@ -314,5 +342,6 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
              "converged, %.2f s", day.date(), n, diag["obs_rejected"], diag["fit_before"], diag["fit_after"],
              diag["iterations"], res.evaluations, mode_iterations, 100 * diag["converged_fraction"],
              _time.perf_counter() - t0)
-    return analysis_dataset(xa.cpu().numpy(), variables, grid, day, diag, METHOD, counts,
-                            var_attrs=prior.var_attrs, keep_members=keep_members, attrs=attrs)
+    xa_np = xa.cpu().numpy()
+    return (analysis_dataset(xa_np, variables, grid, day, diag, METHOD, counts, var_attrs=prior.var_attrs,
+                             keep_members=keep_members, attrs=attrs), table, xb, xa_np)
