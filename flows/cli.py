@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         if config:
             sp.add_argument("--config", default=DEFAULT_CONFIG, help=f"run config YAML (default {DEFAULT_CONFIG})")
+        sp.add_argument("--debug", action="store_true", help="show the full traceback of an error")
         return sp
 
     def range_args(sp, required: bool = False, what: str = "the config's backfill range") -> None:
@@ -126,6 +127,14 @@ def print_summary(summary: dict, evaluation: dict | None = None, quicklook: str 
       f"{summary['archive_days_done']}/{summary['archive_days']} days of the archive done\n")
     if summary.get("failed"):
         w(f"FAILED days    {summary['failed']} (rerun to resume)\n")
+    if summary.get("qc") is not None:
+        from latentda.obs.qc import format_counts
+
+        w(f"QC             {summary['qc'].get('used', 0)} observation(s) used; rejected by reason: "
+          f"{format_counts(summary['qc'])}\n")
+    if summary.get("prior_only"):
+        w(f"PRIOR ONLY     {len(summary['prior_only'])} day(s) analysed from the prior alone (no usable "
+          f"observation; no_obs=1 in the archive): {_ranges(summary['prior_only'])}\n")
     if fit:
         w(f"fit to obs     RMS normalised departure before {_fmt(fit.get('fit_before'))} -> after "
           f"{_fmt(fit.get('fit_after'))}; {_fmt(fit.get('obs_used'), 4)} observations used per day\n")
@@ -256,25 +265,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = getattr(mod, fn)(argv[1:])
         return int(rc or 0)
     args = build_parser().parse_args(argv)
-    if args.command not in ("status", "quicklook"):
-        from . import quiet_dask_logs
-
-        quiet_dask_logs()
-
-    from latentda.archive import ArchiveError
-    from latentda.config import ConfigError  # noqa: F401 - a ValueError, listed for the reader
-
     from . import BackfillIncomplete
+    from .preflight import preflight
 
     try:
+        preflight(args)  # before any Prefect server, cluster or store: bad input exits 2 in about a second
+        if args.command not in ("status", "quicklook"):
+            from . import quiet_dask_logs
+
+            quiet_dask_logs()
         return _dispatch(args)
     except BackfillIncomplete as err:
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except (ConfigError, ArchiveError, FileNotFoundError, KeyError, ValueError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - one line; the traceback with --debug
+        if args.debug:
+            raise
+        if is_input_error(err):
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        print(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def is_input_error(err: BaseException) -> bool:
+    """Bad input (exit code 2): a config, range, catalog, path or archive problem the user fixes
+    (ConfigError and InputError are ValueErrors; ArchiveError is checked only if latentda.archive was imported,
+    so that a config typo never pays for importing xarray)."""
+    kinds: tuple[type, ...] = (ValueError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError,
+                               NotADirectoryError)
+    arch = sys.modules.get("latentda.archive")
+    if arch is not None:
+        kinds += (arch.ArchiveError,)
+    return isinstance(err, kinds)
 
 
 def _dispatch(args) -> int:
@@ -315,7 +341,9 @@ def _dispatch(args) -> int:
                 serve_daily(args.config, cron=args.cron)
                 return 0
             out = run_daily(args.config, args.date, force=args.force)
-        print(f"day {out['day']}: {'written' if out['written'] else 'already done'} ({out['archive']})")
+        prior_only = (out.get("outcome") or {}).get("prior_only")
+        print(f"day {out['day']}: {'written' if out['written'] else 'already done'}"
+              f"{' from the PRIOR ALONE (no usable observation)' if prior_only else ''} ({out['archive']})")
         return 0
     if c == "evaluate":
         from .evaluate import run_evaluate

@@ -4,8 +4,6 @@ Schedule it with :func:`serve_daily` (``latentda daily --serve``: a Prefect cron
 """
 from __future__ import annotations
 
-import datetime as dt
-
 from prefect import flow, get_run_logger
 
 from latentda import backfill, storage
@@ -13,12 +11,10 @@ from latentda.config import load_config
 from tasks.archive import missing_days, register_archive, validate_archive
 from tasks.assimilate import assimilate_block
 
-from .reanalysis import ensure_archive
+from . import BackfillIncomplete
+from .preflight import yesterday_utc
+from .reanalysis import ensure_archive, incomplete_message
 from .runners import task_runner_from_config
-
-
-def yesterday_utc() -> str:
-    return str(dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
 
 
 @flow(name="daily")
@@ -35,11 +31,15 @@ def daily(config_path: str, date: str | None = None, overrides: dict | None = No
         return {"day": iso, "written": [], "archive": url}
     out = assimilate_block(cfg, [iso], force)
     if out["failed"]:
-        raise RuntimeError(f"daily {iso} failed: {out['failed'][iso]}")
+        qc = backfill.summarise_outcomes(out["outcomes"])
+        raise BackfillIncomplete(incomplete_message(out["failed"], 1, 0, qc))
+    if out["outcomes"].get(iso, {}).get("prior_only"):
+        log.warning("daily %s: analysed from the PRIOR ALONE (no usable observation; no_obs=1)", iso)
     validate_archive(cfg, iso, iso)
     catalog_path = register_archive(cfg)
     log.info("daily %s: written into %s", iso, url)
-    return {"day": iso, "written": out["written"], "archive": url, "catalog": catalog_path}
+    return {"day": iso, "written": out["written"], "archive": url, "catalog": catalog_path,
+            "outcome": out["outcomes"].get(iso)}
 
 
 def run_daily(config_path: str, date: str | None = None, overrides: dict | None = None, force: bool = False) -> dict:

@@ -15,6 +15,7 @@ No orchestration import.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
@@ -25,7 +26,7 @@ from .da.options import AssimilationOptions, as_options
 from .evaluation import heldout_stations
 from .runtime import table_hash, to_days, torch_threads
 
-__all__ = ["DaySettings", "observations_for_day", "holdout_for", "assimilate_day", "assimilate_days", "backfill",
+__all__ = ["DaySettings", "observations_for_day", "day_outcome", "summarise_outcomes", "holdout_for", "assimilate_day", "assimilate_days", "backfill",
            "archive_provenance", "catalog_description", "catalog_metadata", "ensure_archive", "day_range"]
 
 
@@ -96,11 +97,21 @@ def assimilate_day(prior, observations: pd.DataFrame, day: Any, settings: DaySet
                           keep_members=bool(settings.members_to_keep), options=settings.options)
 
 
+def day_outcome(analysis: xr.Dataset) -> dict[str, Any]:
+    """What the summary reports of a written day: ``{"qc": rows per QC reason, "prior_only": no usable
+    observation}`` (from the analysis attrs ``latentda:qc`` and its ``no_obs`` diagnostic)."""
+    qc = json.loads(analysis.attrs.get("latentda:qc", "{}"))
+    return {"qc": {str(k): int(v) for k, v in qc.items()},
+            "prior_only": bool(int(analysis["no_obs"].values.reshape(-1)[0])) if "no_obs" in analysis else False}
+
+
 def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], settings: DaySettings, *,
-                    skip_done: bool = False, progress: Callable[[str], None] | None = None) -> list[str]:
+                    skip_done: bool = False, progress: Callable[[str], None] | None = None,
+                    outcomes: dict[str, dict] | None = None) -> list[str]:
     """Assimilate and write each of ``days`` into the archive ``settings.url``; returns the ISO dates written.
 
     ``skip_done`` leaves days already marked done alone. ``progress(day_iso)`` is called after each day.
+    ``outcomes`` (a dict, filled in place): ``{day_iso: day_outcome(analysis)}`` of every day written.
     """
     checksum = prior.checksum()
     todo = to_days(list(days))
@@ -115,18 +126,32 @@ def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], sett
                                               "config_hash": settings.config_hash},
                           settings.storage_options, members_to_keep=settings.members_to_keep)
         written.append(str(d.date()))
+        if outcomes is not None:
+            outcomes[written[-1]] = day_outcome(ana)
         if progress is not None:
             progress(written[-1])
     return written
 
 
 def backfill(config, days: Iterable[Any], *, prior, observations: pd.DataFrame, force: bool = False,
-             progress: Callable[[str], None] | None = None) -> list[str]:
+             progress: Callable[[str], None] | None = None, outcomes: dict[str, dict] | None = None) -> list[str]:
     """Assimilate ``days`` of a run config into its archive (which must exist: :func:`ensure_archive`), skipping
     the days already done unless ``force``; the evaluation hold-out of the config is applied. Returns the ISO
-    dates written."""
+    dates written (``outcomes``: see :func:`assimilate_days`)."""
     settings = DaySettings.from_config(config, exclude_stations=holdout_for(config, observations))
-    return assimilate_days(prior, observations, days, settings, skip_done=not force, progress=progress)
+    return assimilate_days(prior, observations, days, settings, skip_done=not force, progress=progress,
+                           outcomes=outcomes)
+
+
+def summarise_outcomes(outcomes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Range totals of per-day outcomes (:func:`day_outcome`, or ``{"qc": counts}`` of a day that failed QC):
+    ``{"qc": rows per QC reason over the days, "prior_only": sorted days analysed from the prior alone}``."""
+    total: dict[str, int] = {}
+    for o in outcomes.values():
+        for k, v in (o.get("qc") or {}).items():
+            total[k] = total.get(k, 0) + int(v)
+    return {"qc": dict(sorted(total.items())),
+            "prior_only": sorted(d for d, o in outcomes.items() if o.get("prior_only"))}
 
 
 # ------------------------------------------------------------------------------------------- the archive
@@ -173,16 +198,9 @@ def ensure_archive(config, prior) -> tuple[str, str | None]:
     return status, made_with
 
 
-
 def day_range(config, start: Any = None, end: Any = None) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """``(start, end)`` days of a run: the given ones, else the config's backfill range; ValueError naming both
-    dates when they are reversed or outside the archive period."""
-    period = config.backfill_period()
-    s = to_days(start if start is not None else period.start)[0]
-    e = to_days(end if end is not None else period.end)[0]
-    if e < s:
-        raise ValueError(f"end {e.date()} is before start {s.date()}")
-    if s.date() < config.archive.start or e.date() > config.archive.end:
-        raise ValueError(f"range {s.date()}..{e.date()} is outside the archive period {config.archive.start}.."
-                         f"{config.archive.end} (archive.start/archive.end in the run config)")
-    return s, e
+    """``(start, end)`` days of a run as Timestamps: the given ones, else the config's backfill range; ValueError
+    naming both dates when they are reversed or outside the archive period (:meth:`RunConfig.day_range`)."""
+    s, e = config.day_range(None if start is None else to_days(start)[0].date(),
+                            None if end is None else to_days(end)[0].date())
+    return pd.Timestamp(s), pd.Timestamp(e)
