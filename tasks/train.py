@@ -14,7 +14,7 @@ from latentda.config import RunConfig
 from latentda.runtime import torch_threads
 from latentda.training_store import training_fields
 
-from .archive import retry_on_io
+from .archive import RETRY_IO
 
 
 def _sidecar(path: str) -> str:
@@ -40,8 +40,7 @@ class TrainRequest:
     retrain: bool = False
 
 
-@task(name="train-prior", cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=5,
-      retry_condition_fn=retry_on_io)
+@task(name="train-prior", cache_policy=NO_CACHE, persist_result=False, **dict(RETRY_IO, retries=1))
 def train_prior(config: RunConfig, request: TrainRequest) -> dict:
     """Train ``latentda.train_prior`` on the training store and save it to the run's prior path.
 

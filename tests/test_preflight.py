@@ -113,3 +113,18 @@ def test_prior_on_another_grid_refused_before_anything(tmp_path, world, tiny_pri
     assert main(["backfill", "--config", cfg_path, "--no-progress"]) == 2
     assert "lat" in capsys.readouterr().err
     assert sorted(p.name for p in url.rglob("*")) == before
+
+
+@pytest.mark.parametrize("err,retry", [(FileNotFoundError("no such file"), False), (PermissionError("denied"), False),
+                                       (IsADirectoryError("dir"), False), (ValueError("bad config"), False),
+                                       (KeyError("entry"), False), (ConnectionError("reset"), True),
+                                       (TimeoutError("slow"), True), (OSError("SlowDown: reduce your rate"), True)])
+def test_only_transient_errors_are_retried_with_jitter(err, retry):
+    from tasks.archive import RETRY_IO, init_archive, retry_on_io
+
+    class Failed:
+        def result(self):
+            raise err
+
+    assert retry_on_io(None, None, Failed()) is retry
+    assert init_archive.retries == RETRY_IO["retries"] and init_archive.retry_jitter_factor > 0
