@@ -213,3 +213,37 @@ def test_evaluation_and_quicklook(written, world, tmp_path):
     png = quicklook(ds.isel(time=[0]), spec.variables[0], tmp_path / "q.png",
                     observations=observations_for_day(world.obs, "2005-01-02"), truth=world.fields)
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _create_at(url: str, spec, barrier, results) -> None:
+    """Child process: wait for the other creator, then create the same archive at the same moment."""
+    barrier.wait()
+    try:
+        results.put(lib.create_archive(url, spec, {"config_hash": "race"}))
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which fails the test with it
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_two_processes_creating_the_same_new_archive_both_succeed(tmp_path, tiny_prior_path):
+    """Issue 11 finding 6: two creators at the same instant; before, ``mode="w"`` of one removed the group the
+    other had opened (GroupNotFoundError). Now one gets "created", the other "exists", in every trial, and the
+    store is complete and valid, with no temporary directory left."""
+    import multiprocessing as mp
+
+    _, prior = tiny_prior_path
+    spec = lib.archive_spec(prior, "2005-01-01", "2005-01-05", members=2)
+    ctx = mp.get_context("fork")
+    for trial in range(6):
+        url = str(tmp_path / f"race{trial}.zarr")
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_create_at, args=(url, spec, barrier, results)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        got = sorted(results.get(timeout=5) for _ in procs)
+        assert got == ["created", "exists"], f"trial {trial}: {got}"
+        ds = lib.open_archive(url)
+        assert ds.attrs["latentda:initialised"] == 1 and not ds["done"].values.any()
+        assert lib.create_archive(url, spec) == "exists"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"race{t}.zarr" for t in range(6)]
