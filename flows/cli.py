@@ -236,8 +236,8 @@ def cmd_demo(args, out=None) -> dict:
                   f"(epochs<={cfg.prior.epochs}, <= {cfg.prior.max_minutes} min)\n")
         out.flush()
         tr = run_train(args.config, ov, retrain=args.retrain, progress=progress)
-        out.write(f"      prior {'trained' if tr['trained'] else 'up to date, reused'}: {tr['path']} "
-                  f"({time.perf_counter() - t0:.0f} s)\n")
+        out.write(f"      prior {'trained' if tr['trained'] else 'up to date, reused (checksum verified)'}: "
+                  f"{tr['path']} ({time.perf_counter() - t0:.0f} s)\n      {tr['summary']}\n")
         out.write(f"[2/3] backfill {start}..{end} with {cfg.catalog.observations!r} into {cfg.archive_url}\n")
         out.flush()
         summary = run_reanalysis(args.config, start, end, ov, progress=progress, evaluate_skill=False)
@@ -322,8 +322,8 @@ def _dispatch(args) -> int:
 
         with prefect_api():
             out = run_train(args.config, _overrides(args), retrain=args.retrain, progress=not args.no_progress)
-        print(f"prior {'trained' if out['trained'] else 'up to date'}: {storage.redact(out['path'])} "
-              f"(checksum {out['checksum'][:12]})")
+        print(f"prior {'trained' if out['trained'] else 'up to date, reused (checksum verified)'}: "
+              f"{storage.redact(out['path'])} (checksum {out['checksum'][:12]})\n{out['summary']}")
         return 0
     if c == "backfill":
         from .reanalysis import run_reanalysis
