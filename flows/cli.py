@@ -268,8 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import BackfillIncomplete
     from .preflight import preflight
 
+    cfg = None
     try:
-        preflight(args)  # before any Prefect server, cluster or store: bad input exits 2 in about a second
+        cfg = preflight(args)  # before any Prefect server, cluster or store: bad input exits 2 in about a second
         if args.command not in ("status", "quicklook"):
             from . import quiet_dask_logs
 
@@ -283,11 +284,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - one line; the traceback with --debug
         if args.debug:
             raise
+        msg = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        if cfg is not None and isinstance(err, OSError):  # an object-store error: say which bucket
+            from latentda.storage import name_buckets
+
+            msg = name_buckets(msg, {"archive": cfg.archive_url, "prior": cfg.prior_path,
+                                     "training store": cfg.training_store, "catalog": cfg.catalog.path})
         if is_input_error(err):
-            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
             print(f"error: {msg}", file=sys.stderr)
             return 2
-        print(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {type(err).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 
 
@@ -351,8 +357,9 @@ def _dispatch(args) -> int:
         with prefect_api():
             out = run_evaluate(args.config, args.start, args.end, day=args.date)
         print(out["markdown"])
+        print(f"\nreport    {storage.redact(out['report'])}")
         if out["quicklook"]:
-            print(f"\nquicklook {out['quicklook']}")
+            print(f"quicklook {out['quicklook']}")
         return 0
     raise SystemExit(f"unknown command {c!r}")
 

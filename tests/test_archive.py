@@ -247,3 +247,26 @@ def test_two_processes_creating_the_same_new_archive_both_succeed(tmp_path, tiny
         assert ds.attrs["latentda:initialised"] == 1 and not ds["done"].values.any()
         assert lib.create_archive(url, spec) == "exists"
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"race{t}.zarr" for t in range(6)]
+
+
+def test_quicklook_title_has_members_and_rmse_and_pressure_in_hpa(written, world, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from latentda.quicklook import display_units, quicklook, quicklook_title
+
+    assert display_units("Pa") == ("hPa", 0.01) and display_units("K") == ("K", 1.0)
+    assert quicklook_title("t on d", 16, 1.234, "hPa") == "t on d (16 members, RMSE vs truth 1.23 hPa)"
+    assert quicklook_title("t on d") == "t on d"
+    titles, labels = [], []
+    monkeypatch.setattr(Figure, "suptitle", lambda self, t, **kw: titles.append(t))
+    real_colorbar = Figure.colorbar
+    monkeypatch.setattr(Figure, "colorbar", lambda self, *a, **kw: (labels.append(kw.get("label")),
+                                                                     real_colorbar(self, *a, **kw))[1])
+    url, spec, _ = written
+    v = spec.variables[0]
+    ds = lib.open_archive(url).isel(time=[1]).load()
+    ds[v].attrs["units"] = "Pa"  # a pressure variable: shown in hPa
+    quicklook(ds, v, tmp_path / "q.png", truth=world.fields.assign({v: world.fields[v].assign_attrs(units="Pa")}),
+              members=MEMBERS)
+    assert titles and f"({MEMBERS} members, RMSE vs truth" in titles[0] and titles[0].endswith(" hPa)"), titles
+    assert set(labels) == {"hPa"}

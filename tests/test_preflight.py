@@ -128,3 +128,22 @@ def test_only_transient_errors_are_retried_with_jitter(err, retry):
 
     assert retry_on_io(None, None, Failed()) is retry
     assert init_archive.retries == RETRY_IO["retries"] and init_archive.retry_jitter_factor > 0
+
+
+def test_an_object_store_error_names_the_bucket(tmp_path, world, monkeypatch, capsys):
+    from latentda.storage import bucket_of, name_buckets
+
+    import flows.cli
+
+    assert bucket_of("s3://my-bucket/run/a.zarr") == "my-bucket" and bucket_of(str(tmp_path)) is None
+    assert bucket_of("simplecache::s3://b2/x") == "b2"
+    assert name_buckets("NoSuchBucket: my-bucket", {"archive": "s3://my-bucket/a.zarr"}) == "NoSuchBucket: my-bucket"
+    cfg_path = world.write_config(tmp_path, archive={"url": "s3://my-bucket/run/a.zarr"})
+
+    def denied(args):
+        raise PermissionError("Access Denied")  # what s3fs raises for a 403, without the bucket
+
+    monkeypatch.setattr(flows.cli, "_dispatch", denied)
+    assert main(["status", "--config", cfg_path]) == 2
+    err = capsys.readouterr().err
+    assert "Access Denied [object store: bucket 'my-bucket' (archive s3://my-bucket/run/a.zarr)]" in err, err
