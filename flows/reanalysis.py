@@ -44,7 +44,12 @@ def run_blocks(cfg: RunConfig, todo: list[str], force: bool, progress: DayProgre
     set_progress_hook(progress.day_done)
     try:
         for block in blocks:
-            out = assimilate_block(cfg, block, force)
+            try:
+                out = assimilate_block(cfg, block, force)
+            except Exception as err:  # noqa: BLE001 - the whole block failed (lost worker, outage): the next runs
+                get_run_logger().error("block %s..%s failed: %s: %s", block[0], block[-1], type(err).__name__, err)
+                failed.update({d: f"{type(err).__name__}: {err}" for d in block})
+                continue
             written += out["written"]
             failed.update(out["failed"])
             outcomes.update(out["outcomes"])
@@ -110,7 +115,14 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
     log.info("reanalysis summary: %s", json.dumps({k: v for k, v in summary.items() if k != "written"},
                                                   default=str))
     if failed:
-        raise BackfillIncomplete(incomplete_message(failed, len(todo), len(written), qc))
+        # what is kept is what the archive says is done now (a block that failed as a whole may have written
+        # some of its days before it failed): the days of this run written, plus those done now that were not
+        still = set(missing_days(cfg, str(s.date()), str(e.date())))
+        before = set(all_missing)
+        kept = set(written) | {d for d in todo if d in before and d not in still}
+        for d in kept:
+            failed.pop(d, None)
+        raise BackfillIncomplete(incomplete_message(failed, len(todo), len(kept), qc))
     return summary
 
 

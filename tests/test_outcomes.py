@@ -95,3 +95,23 @@ def test_partial_failure_counts_the_days_written_and_kept(tmp_path, world, capsy
     err = capsys.readouterr().err
     assert "1 of 3 day(s) failed (first: 2005-01-02" in err and "2 day(s) were written and kept" in err, err
     assert _done(tmp_path) == [DAYS[0], DAYS[2]]
+
+
+def test_a_block_failing_as_a_whole_counts_what_the_archive_kept(tmp_path, world, capsys, monkeypatch):
+    """A block that raises after writing one of its days (a lost worker, an outage): the count of days "written
+    and kept" comes from the archive's done flags, not from the block's lost return value."""
+    import tasks.assimilate as ta
+
+    real = ta.map_days
+
+    def first_then_crash(config, days, force=False):
+        real(config, days[:1], force)
+        raise RuntimeError("injected: lost the Dask worker")
+
+    monkeypatch.setattr(ta, "map_days", first_then_crash)
+    cfg = _config(tmp_path, world, _obs(world))
+    assert main(["backfill", "--config", cfg, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 3 day(s) failed" in err and "lost the Dask worker" in err, err
+    assert "1 day(s) were written and kept" in err, err
+    assert _done(tmp_path) == [DAYS[0]]
