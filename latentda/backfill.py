@@ -26,7 +26,8 @@ from .da.options import AssimilationOptions, as_options
 from .evaluation import heldout_stations
 from .runtime import table_hash, to_days, torch_threads
 
-__all__ = ["DaySettings", "observations_for_day", "day_outcome", "summarise_outcomes", "holdout_for", "assimilate_day", "assimilate_days", "backfill",
+__all__ = ["DaySettings", "observations_for_day", "day_outcome", "summarise_outcomes", "holdout_for",
+           "assimilate_day", "assimilate_days", "backfill",
            "archive_provenance", "catalog_description", "catalog_metadata", "ensure_archive", "day_range"]
 
 
