@@ -215,8 +215,9 @@ def test_evaluation_and_quicklook(written, world, tmp_path):
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _create_at(url: str, spec, barrier, results) -> None:
-    """Child process: wait for the other creator, then create the same archive at the same moment."""
+def create_after_barrier(url: str, spec, barrier, results) -> None:
+    """Child process: wait for the other creator, then create the same archive at the same moment (also used by
+    tests/test_s3.py)."""
     barrier.wait()
     try:
         results.put(lib.create_archive(url, spec, {"config_hash": "race"}))
@@ -236,7 +237,7 @@ def test_two_processes_creating_the_same_new_archive_both_succeed(tmp_path, tiny
     for trial in range(6):
         url = str(tmp_path / f"race{trial}.zarr")
         barrier, results = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=_create_at, args=(url, spec, barrier, results)) for _ in range(2)]
+        procs = [ctx.Process(target=create_after_barrier, args=(url, spec, barrier, results)) for _ in range(2)]
         for p in procs:
             p.start()
         for p in procs:

@@ -176,22 +176,13 @@ def test_backfill_into_s3_from_two_workers_reads_back_and_leaks_nothing(prefect_
     assert not _grep_tree(tmp_path, secret) or _grep_tree(tmp_path, secret) == [cfg_path]  # only the user's config
 
 
-def _create_on_s3(url, spec, barrier, results) -> None:
-    from latentda import archive as lib
-
-    barrier.wait()
-    try:
-        results.put(lib.create_archive(url, spec, {"config_hash": "race"}))
-    except Exception as err:  # noqa: BLE001 - reported to the parent, which fails the test with it
-        results.put(f"{type(err).__name__}: {err}")
-
-
 def test_two_processes_creating_the_same_new_archive_on_s3_both_succeed(aws_env, tiny_prior_path):
     """Issue 11 finding 6 on an object store (no rename there): create-if-absent, so neither creator removes the
     other's group; both succeed and the store is complete."""
     import multiprocessing as mp
 
     from latentda import archive as lib
+    from test_archive import create_after_barrier
 
     _, prior = tiny_prior_path
     spec = lib.archive_spec(prior, "2005-01-01", "2005-01-03", members=2)
@@ -199,7 +190,7 @@ def test_two_processes_creating_the_same_new_archive_on_s3_both_succeed(aws_env,
     for trial in range(3):
         url = f"s3://{BUCKET}/race{trial}.zarr"
         barrier, results = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=_create_on_s3, args=(url, spec, barrier, results)) for _ in range(2)]
+        procs = [ctx.Process(target=create_after_barrier, args=(url, spec, barrier, results)) for _ in range(2)]
         for p in procs:
             p.start()
         got = sorted(results.get(timeout=180) for _ in procs)
