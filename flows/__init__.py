@@ -18,28 +18,66 @@ class BackfillIncomplete(RuntimeError):
     """Some blocks of a backfill failed; every day that could be written was written and is kept. Rerun."""
 
 
+def _server_class():
+    """Prefect's ``SubprocessASGIServer`` whose uvicorn child dies with this process (``flows.server_child``)."""
+    import subprocess
+    import sys
+
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    class OwnedServer(SubprocessASGIServer):
+        """The same command and environment as Prefect 3.8's ``_run_uvicorn_command``, run through
+        ``python -m flows.server_child PID`` (a watcher of this process; see that module)."""
+
+        _instances: dict = {}  # Prefect keeps one server per port and class; not shared with Prefect's own
+
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            import prefect
+
+            env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                   "PREFECT__SERVER_FINAL": "1",
+                   **get_current_settings().to_environment_variables(exclude_unset=True)}
+            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # flows/ importable in the child
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+            return subprocess.Popen([sys.executable, "-m", "flows.server_child", str(os.getpid()), "--app-dir",
+                                     str(prefect.__module_path__.parent), "--factory",
+                                     "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
+                                     str(self.port), "--log-level", "error", "--lifespan", "on"], env=env)
+
+    return OwnedServer
+
+
 @contextlib.contextmanager
 def prefect_api(timeout: int = 90) -> Iterator[str | None]:
     """Use ``PREFECT_API_URL`` if set; otherwise start ONE temporary local Prefect server for the block.
 
     Without it, a flow with a DaskTaskRunner in ephemeral mode starts a temporary server in every worker process
-    (slow, and their runs land in separate databases). Yields the API URL.
+    (slow, and their runs land in separate databases). The temporary server is a child that exits when this process
+    dies, SIGKILL included (:mod:`flows.server_child`). Every flow run started in the block is tagged with its
+    owner (:func:`flows.owner.owner_tag`), and runs left RUNNING by owners that died are marked Crashed first
+    (:func:`flows.owner.mark_crashed_runs`). Yields the API URL.
     """
+    from prefect import tags
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from .owner import mark_crashed_runs, owner_tag
 
     url = PREFECT_API_URL.value()
     if url:
-        yield url
+        _mark_crashed(mark_crashed_runs)
+        with tags(owner_tag()):
+            yield url
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
+    server = _server_class()()
     server.start(timeout=timeout)
     old = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by Dask worker processes started below
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+            _mark_crashed(mark_crashed_runs)
+            with tags(owner_tag()):
+                yield server.api_url
     finally:
         try:  # send the buffered flow/task logs while the server is still up
             from prefect.logging.handlers import APILogWorker
@@ -52,6 +90,22 @@ def prefect_api(timeout: int = 90) -> Iterator[str | None]:
         else:
             os.environ["PREFECT_API_URL"] = old
         server.stop()
+
+
+def _mark_crashed(mark) -> None:
+    """Mark the runs of dead owners Crashed; a failure here (an old server, no permission) never stops a run."""
+    import logging
+
+    try:
+        names = mark()
+    except Exception as err:  # noqa: BLE001 - bookkeeping of earlier runs, not this run's work
+        logging.getLogger(__name__).warning("could not check for crashed flow runs: %s", err)
+        return
+    if names:
+        import sys
+
+        print(f"note: {len(names)} flow run(s) left running by a process that died were marked Crashed: "
+              f"{', '.join(names)}", file=sys.stderr)
 
 
 def quiet_dask_logs(level: int | str = "WARNING") -> None:

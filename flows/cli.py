@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         if config:
             sp.add_argument("--config", default=DEFAULT_CONFIG, help=f"run config YAML (default {DEFAULT_CONFIG})")
+        sp.add_argument("--debug", action="store_true", help="show the full traceback of an error")
         return sp
 
     def range_args(sp, required: bool = False, what: str = "the config's backfill range") -> None:
@@ -133,6 +134,14 @@ def print_summary(summary: dict, evaluation: dict | None = None, quicklook: str 
       f"{summary['archive_days_done']}/{summary['archive_days']} days of the archive done\n")
     if summary.get("failed"):
         w(f"FAILED days    {summary['failed']} (rerun to resume)\n")
+    if summary.get("qc") is not None:
+        from latentda.obs.qc import format_counts
+
+        w(f"QC             {summary['qc'].get('used', 0)} observation(s) used; rejected by reason: "
+          f"{format_counts(summary['qc'])}\n")
+    if summary.get("prior_only"):
+        w(f"PRIOR ONLY     {len(summary['prior_only'])} day(s) analysed from the prior alone (no usable "
+          f"observation; no_obs=1 in the archive): {_ranges(summary['prior_only'])}\n")
     if fit:
         w(f"fit to obs     RMS normalised departure before {_fmt(fit.get('fit_before'))} -> after "
           f"{_fmt(fit.get('fit_after'))}; {_fmt(fit.get('obs_used'), 4)} observations used per day\n")
@@ -234,8 +243,8 @@ def cmd_demo(args, out=None) -> dict:
                   f"(epochs<={cfg.prior.epochs}, <= {cfg.prior.max_minutes} min)\n")
         out.flush()
         tr = run_train(args.config, ov, retrain=args.retrain, progress=progress)
-        out.write(f"      prior {'trained' if tr['trained'] else 'up to date, reused'}: {tr['path']} "
-                  f"({time.perf_counter() - t0:.0f} s)\n")
+        out.write(f"      prior {'trained' if tr['trained'] else 'up to date, reused (checksum verified)'}: "
+                  f"{tr['path']} ({time.perf_counter() - t0:.0f} s)\n      {tr['summary']}\n")
         out.write(f"[2/3] backfill {start}..{end} with {cfg.catalog.observations!r} into {cfg.archive_url}\n")
         out.flush()
         summary = run_reanalysis(args.config, start, end, ov, progress=progress, evaluate_skill=False)
@@ -263,25 +272,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = getattr(mod, fn)(argv[1:])
         return int(rc or 0)
     args = build_parser().parse_args(argv)
-    if args.command not in ("status", "quicklook", "feedback"):
-        from . import quiet_dask_logs
-
-        quiet_dask_logs()
-
-    from latentda.archive import ArchiveError
-    from latentda.config import ConfigError  # noqa: F401 - a ValueError, listed for the reader
-
     from . import BackfillIncomplete
+    from .preflight import preflight
 
+    cfg = None
     try:
+        cfg = preflight(args)  # before any Prefect server, cluster or store: bad input exits 2 in about a second
+        if args.command not in ("status", "quicklook", "feedback"):
+            from . import quiet_dask_logs
+
+            quiet_dask_logs()
         return _dispatch(args)
     except BackfillIncomplete as err:
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except (ConfigError, ArchiveError, FileNotFoundError, KeyError, ValueError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - one line; the traceback with --debug
+        if args.debug:
+            raise
+        msg = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        if cfg is not None and isinstance(err, OSError):  # an object-store error: say which bucket
+            from latentda.storage import name_buckets
+
+            msg = name_buckets(msg, {"archive": cfg.archive_url, "prior": cfg.prior_path,
+                                     "training store": cfg.training_store, "catalog": cfg.catalog.path})
+        if is_input_error(err):
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        print(f"error: {type(err).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def is_input_error(err: BaseException) -> bool:
+    """Bad input (exit code 2): a config, range, catalog, path or archive problem the user fixes
+    (ConfigError and InputError are ValueErrors; ArchiveError is checked only if latentda.archive was imported,
+    so that a config typo never pays for importing xarray)."""
+    kinds: tuple[type, ...] = (ValueError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError,
+                               NotADirectoryError)
+    arch = sys.modules.get("latentda.archive")
+    if arch is not None:
+        kinds += (arch.ArchiveError,)
+    return isinstance(err, kinds)
 
 
 def _dispatch(args) -> int:
@@ -307,8 +339,8 @@ def _dispatch(args) -> int:
 
         with prefect_api():
             out = run_train(args.config, _overrides(args), retrain=args.retrain, progress=not args.no_progress)
-        print(f"prior {'trained' if out['trained'] else 'up to date'}: {storage.redact(out['path'])} "
-              f"(checksum {out['checksum'][:12]})")
+        print(f"prior {'trained' if out['trained'] else 'up to date, reused (checksum verified)'}: "
+              f"{storage.redact(out['path'])} (checksum {out['checksum'][:12]})\n{out['summary']}")
         return 0
     if c == "backfill":
         from .reanalysis import run_reanalysis
@@ -326,7 +358,9 @@ def _dispatch(args) -> int:
                 serve_daily(args.config, cron=args.cron)
                 return 0
             out = run_daily(args.config, args.date, force=args.force)
-        print(f"day {out['day']}: {'written' if out['written'] else 'already done'} ({out['archive']})")
+        prior_only = (out.get("outcome") or {}).get("prior_only")
+        print(f"day {out['day']}: {'written' if out['written'] else 'already done'}"
+              f"{' from the PRIOR ALONE (no usable observation)' if prior_only else ''} ({out['archive']})")
         return 0
     if c == "evaluate":
         from .evaluate import run_evaluate
@@ -334,8 +368,9 @@ def _dispatch(args) -> int:
         with prefect_api():
             out = run_evaluate(args.config, args.start, args.end, day=args.date)
         print(out["markdown"])
+        print(f"\nreport    {storage.redact(out['report'])}")
         if out["quicklook"]:
-            print(f"\nquicklook {out['quicklook']}")
+            print(f"quicklook {out['quicklook']}")
         return 0
     raise SystemExit(f"unknown command {c!r}")
 

@@ -4,8 +4,6 @@ Schedule it with :func:`serve_daily` (``latentda daily --serve``: a Prefect cron
 """
 from __future__ import annotations
 
-import datetime as dt
-
 from prefect import flow, get_run_logger
 
 from latentda import backfill, storage
@@ -13,12 +11,10 @@ from latentda.config import load_config
 from tasks.archive import register_archive, validate_archive
 from tasks.assimilate import assimilate_block, daily_days
 
-from .reanalysis import ensure_archive
+from . import BackfillIncomplete
+from .preflight import yesterday_utc
+from .reanalysis import ensure_archive, incomplete_message
 from .runners import task_runner_from_config
-
-
-def yesterday_utc() -> str:
-    return str(dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
 
 
 @flow(name="daily")
@@ -37,12 +33,16 @@ def daily(config_path: str, date: str | None = None, overrides: dict | None = No
         return {"day": iso, "written": [], "archive": url}
     out = assimilate_block(cfg, todo, force)
     if out["failed"]:
-        day_, err = sorted(out["failed"].items())[0]
-        raise RuntimeError(f"daily {iso}: {len(out['failed'])} day(s) failed ({day_}: {err})")
+        qc = backfill.summarise_outcomes(out["outcomes"])
+        raise BackfillIncomplete(incomplete_message(out["failed"], len(todo), len(out["written"]), qc))
+    for d in todo:
+        if out["outcomes"].get(d, {}).get("prior_only"):
+            log.warning("daily %s: %s analysed from the PRIOR ALONE (no usable observation; no_obs=1)", iso, d)
     validate_archive(cfg, todo[0], iso)
     catalog_path = register_archive(cfg)
     log.info("daily %s: written into %s", iso, url)
-    return {"day": iso, "written": out["written"], "archive": url, "catalog": catalog_path}
+    return {"day": iso, "written": out["written"], "archive": url, "catalog": catalog_path,
+            "outcome": out["outcomes"].get(iso)}
 
 
 def run_daily(config_path: str, date: str | None = None, overrides: dict | None = None, force: bool = False) -> dict:

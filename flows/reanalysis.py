@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 
 from latentda import backfill, storage
 from latentda.config import RunConfig, load_config
+from latentda.obs.qc import format_counts
 from tasks.archive import init_archive, missing_days, register_archive, validate_archive
 from tasks.assimilate import (assimilate_block, days_to_do, run_observations, set_progress_hook, split_blocks,
                               warm_workers)
@@ -33,20 +34,39 @@ def ensure_archive(cfg: RunConfig) -> str:
     return init_archive(cfg)
 
 
-def run_blocks(cfg: RunConfig, todo: list[str], force: bool, progress: DayProgress) -> tuple[list, dict, int]:
-    """Assimilate ``todo`` block by block; returns (written, failed {day: error}, number of blocks)."""
+def run_blocks(cfg: RunConfig, todo: list[str], force: bool, progress: DayProgress
+               ) -> tuple[list, dict, dict, int]:
+    """Assimilate ``todo`` block by block; returns (written, failed {day: error}, outcomes {day: {"qc",
+    "prior_only"}}, number of blocks)."""
     blocks = split_blocks(todo, cfg.assimilation.block_days, worker_size(cfg.cluster).n_workers)
     written: list[str] = []
     failed: dict[str, str] = {}
+    outcomes: dict[str, dict] = {}
     set_progress_hook(progress.day_done)
     try:
         for block in blocks:
-            out = assimilate_block(cfg, block, force)
+            try:
+                out = assimilate_block(cfg, block, force)
+            except Exception as err:  # noqa: BLE001 - the whole block failed (lost worker, outage): the next runs
+                get_run_logger().error("block %s..%s failed: %s: %s", block[0], block[-1], type(err).__name__, err)
+                failed.update({d: f"{type(err).__name__}: {err}" for d in block})
+                continue
             written += out["written"]
             failed.update(out["failed"])
+            outcomes.update(out["outcomes"])
     finally:
         set_progress_hook(None)
-    return written, failed, len(blocks)
+    return written, failed, outcomes, len(blocks)
+
+
+def incomplete_message(failed: dict[str, str], todo: int, written: int, qc: dict) -> str:
+    """The one-line error of a backfill with failed days: how many, the first error, the QC rejections over the
+    range, how many days were written and kept."""
+    first = sorted(failed.items())[0]
+    rejected = format_counts(qc["qc"])
+    return (f"{len(failed)} of {todo} day(s) failed (first: {first[0]}: {first[1]}); "
+            + (f"QC rejections over the range: {rejected}; " if rejected != "none" else "")
+            + f"{written} day(s) were written and kept. Fix the cause and rerun the same command to resume.")
 
 
 @flow(name="reanalysis")
@@ -72,9 +92,15 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
     log.info("archive %s (%s): %d of %d day(s) in %s..%s to do", storage.redact(cfg.archive_url), status, len(todo),
              len(wanted), s.date(), e.date())
     with DayProgress(len(todo), bar=progress) as bar:
-        written, failed, n_blocks = run_blocks(cfg, todo, force, bar)
+        written, failed, outcomes, n_blocks = run_blocks(cfg, todo, force, bar)
     for fut in warming:  # a failed warm-up shows up again, named, in the days it would have served
         fut.release()
+    qc = backfill.summarise_outcomes(outcomes)
+    if any(k != "used" for k in qc["qc"]):
+        log.warning("QC rejections over %s..%s: %s", s.date(), e.date(), format_counts(qc["qc"]))
+    if qc["prior_only"]:
+        log.warning("%d day(s) analysed from the prior alone (no usable observation; no_obs=1 in the archive): %s",
+                    len(qc["prior_only"]), ", ".join(qc["prior_only"]))
     report = validate_archive(cfg, str(s.date()), str(e.date()))
     catalog_path = register_archive(cfg)
     newly = len(set(written) & set(all_missing))
@@ -83,6 +109,7 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
         "range": [str(s.date()), str(e.date())], "days_requested": len(wanted), "days_todo": len(todo),
         "days_written": len(written), "written": sorted(written), "blocks": n_blocks,
         "failed": [{"day": d, "error": err} for d, err in sorted(failed.items())],
+        "qc": qc["qc"], "prior_only": qc["prior_only"],
         "range_days_done": report["done"], "archive_days": cfg.archive.period.days,
         "archive_days_done": cfg.archive.period.days - len(all_missing) + newly,
         "seconds": round(time.perf_counter() - t0, 1)}
@@ -92,9 +119,14 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
     log.info("reanalysis summary: %s", json.dumps({k: v for k, v in summary.items() if k != "written"},
                                                   default=str))
     if failed:
-        first = sorted(failed.items())[0]
-        raise BackfillIncomplete(f"{len(failed)} of {len(todo)} day(s) failed (first: {first[0]}: {first[1]}); "
-                                 f"{len(written)} day(s) were written and kept. Rerun the same command to resume.")
+        # what is kept is what the archive says is done now (a block that failed as a whole may have written
+        # some of its days before it failed): the days of this run written, plus those done now that were not
+        still = set(missing_days(cfg, str(s.date()), str(e.date())))
+        before = set(all_missing)
+        kept = set(written) | {d for d in todo if d in before and d not in still}
+        for d in kept:
+            failed.pop(d, None)
+        raise BackfillIncomplete(incomplete_message(failed, len(todo), len(kept), qc))
     return summary
 
 

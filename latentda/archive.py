@@ -44,7 +44,7 @@ import xarray as xr
 from . import __version__
 from .analysis import DIAGNOSTICS
 from .grid import Grid
-from . import storage
+from . import creation, storage
 from .archive_layout import (DIAG_DTYPES, DONE, FINAL, HASH_DIM, NOT_WRITTEN, PRELIMINARY, STATUS,
                              WINDOW_OBSERVED, ArchiveSpec, archive_spec, encoding, template)
 from .runtime import git_sha, to_days
@@ -98,39 +98,67 @@ def create_archive(url: str, spec: ArchiveSpec, provenance: Mapping[str, Any] | 
 
     Returns ``"created"`` or ``"exists"``. An existing store that does not match ``spec`` raises
     :class:`ArchiveMismatchError` (never overwritten). A store left half-created by a crash (no
-    ``latentda:initialised`` attribute and no day done) is recreated.
+    ``latentda:initialised`` attribute and no day done) is recreated. Creation is atomic
+    (:mod:`latentda.creation`: a temporary name and one rename locally, create-if-absent on an object store), so
+    processes creating the same new archive at once never see a half-made group: one gets ``"created"``, the
+    others ``"exists"`` once it is complete.
     """
     prov = dict(provenance or {})
     bad = [k for k in _walk_keys(prov) if storage.is_sensitive_key(k)]
     if bad:
         raise ValueError(f"provenance must not hold credentials; remove key(s) {bad}")
+    stale = False
     if _exists(url, storage_options):
-        try:
-            ds = open_archive(url, storage_options)
-        except Exception as err:  # noqa: BLE001 - anything unreadable is "not an archive"
-            raise ArchiveMismatchError(
-                f"{_show(url)} exists but is not a readable Zarr archive ({type(err).__name__}: {err}); "
-                "choose another archive.url or remove it yourself") from None
-        initialised = "latentda:initialised" in ds.attrs
-        any_done = DONE in ds and bool(ds[DONE].values.any())
-        if initialised or any_done:
-            check_compatible(ds, spec, url=url)
+        if storage.is_remote(url):  # another creator may be half-way (no rename on an object store): give it time
+            creation.wait_until(lambda: "latentda:initialised" in open_archive(url, storage_options).attrs, 10.0)
+        if _check_existing(url, spec, storage_options):
             return "exists"
-        if "latentda:variables" not in ds.attrs:
-            raise ArchiveMismatchError(f"{_show(url)} exists but is not a latentda archive; choose another "
-                                       "archive.url (an existing store is never overwritten)")
-        # else: half-created by a crash before it was marked initialised and no day written: recreate it
+        stale = True  # half-created by a crash before it was marked initialised and no day written: recreate it
     attrs = {"latentda:version": __version__, "latentda:git_sha": git_sha(),
              "latentda:created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
     attrs.update({(k if k.startswith("latentda:") else f"latentda:{k}"): v for k, v in prov.items()})
     ds = template(spec, attrs)
-    store = _store(url, storage_options)
-    ds.to_zarr(store, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding(ds))
-    import zarr
 
-    g = zarr.open_group(_store(url, storage_options), mode="r+", zarr_format=3)
-    g.attrs.update({"latentda:initialised": 1})
-    return "created"
+    def write(target: str, mode: str) -> None:
+        import zarr
+
+        ds.to_zarr(_store(target, storage_options), mode=mode, compute=False, zarr_format=3, consolidated=False,
+                   encoding=encoding(ds))
+        zarr.open_group(_store(target, storage_options), mode="r+", zarr_format=3).attrs.update(
+            {"latentda:initialised": 1})
+
+    if not storage.is_remote(url):  # complete under a temporary name, then one atomic rename
+        made = creation.create_local(url, lambda tmp: write(tmp, "w"), replace_stale=stale)
+    else:  # create-if-absent: never removes another creator's group
+        made = creation.create_remote(lambda: write(url, "w" if stale else "w-"))
+    if made:
+        return "created"
+    # another process created it at the same moment: wait until it is complete, then check it like any other
+    if not creation.wait_until(lambda: "latentda:initialised" in open_archive(url, storage_options).attrs):
+        raise ArchiveError(f"{_show(url)} is being created by another process and was not complete after 60 s; "
+                           "rerun the command")
+    check_compatible(open_archive(url, storage_options), spec, url=url)
+    return "exists"
+
+
+def _check_existing(url: str, spec: ArchiveSpec, storage_options: Mapping[str, Any] | None) -> bool:
+    """True if the store at ``url`` is a complete archive matching ``spec``; False if it was half-created (no
+    ``latentda:initialised`` and no day done: safe to recreate); ArchiveMismatchError otherwise."""
+    try:
+        ds = open_archive(url, storage_options)
+    except Exception as err:  # noqa: BLE001 - anything unreadable is "not an archive"
+        raise ArchiveMismatchError(
+            f"{_show(url)} exists but is not a readable Zarr archive ({type(err).__name__}: {err}); "
+            "choose another archive.url or remove it yourself") from None
+    initialised = "latentda:initialised" in ds.attrs
+    any_done = DONE in ds and bool(ds[DONE].values.any())
+    if initialised or any_done:
+        check_compatible(ds, spec, url=url)
+        return True
+    if "latentda:variables" not in ds.attrs:
+        raise ArchiveMismatchError(f"{_show(url)} exists but is not a latentda archive; choose another "
+                                   "archive.url (an existing store is never overwritten)")
+    return False
 
 
 def _walk_keys(obj: Any) -> Iterable[str]:

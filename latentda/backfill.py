@@ -17,6 +17,7 @@ independent. No orchestration import.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
@@ -28,9 +29,9 @@ from .evaluation import heldout_stations
 from .runtime import table_hash, to_days, torch_threads
 
 __all__ = ["DaySettings", "observations_for_day", "split_holdout", "window_of", "record_end", "day_status",
-           "days_needing_work", "holdout_for", "assimilate_day", "assimilate_days", "backfill", "archive_provenance",
-           "catalog_description", "feedback_entry_name", "feedback_description", "catalog_metadata",
-           "ensure_archive", "day_range"]
+           "days_needing_work", "day_outcome", "summarise_outcomes", "holdout_for", "assimilate_day",
+           "assimilate_days", "backfill", "archive_provenance", "catalog_description", "feedback_entry_name",
+           "feedback_description", "catalog_metadata", "ensure_archive", "day_range"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,14 +160,24 @@ def days_needing_work(url: str, days: Iterable[Any], window: int, end_of_record:
     return out
 
 
+def day_outcome(analysis: xr.Dataset) -> dict[str, Any]:
+    """What the summary reports of a written day: ``{"qc": rows per QC reason, "prior_only": no usable
+    observation}`` (from the analysis attrs ``latentda:qc`` and its ``no_obs`` diagnostic)."""
+    qc = json.loads(analysis.attrs.get("latentda:qc", "{}"))
+    return {"qc": {str(k): int(v) for k, v in qc.items()},
+            "prior_only": bool(int(analysis["no_obs"].values.reshape(-1)[0])) if "no_obs" in analysis else False}
+
+
 def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], settings: DaySettings, *,
-                    skip_done: bool = False, progress: Callable[[str], None] | None = None) -> list[str]:
+                    skip_done: bool = False, progress: Callable[[str], None] | None = None,
+                    outcomes: dict[str, dict] | None = None) -> list[str]:
     """Assimilate and write each of ``days`` into the archive ``settings.url``; returns the ISO dates written.
 
     Each day uses the rows of its window [d - k, d + k] (k = the prior's window; the day alone for a day prior) and
     is written with its status: final when the observation record reaches d + k, else preliminary.
     ``skip_done`` leaves alone the days that need no work (:func:`days_needing_work`: done, and final or with
     their window still open). ``progress(day_iso)`` is called after each day.
+    ``outcomes`` (a dict, filled in place): ``{day_iso: day_outcome(analysis)}`` of every day written.
     """
     checksum = prior.checksum()
     k = window_of(prior)
@@ -190,18 +201,32 @@ def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], sett
                           settings.storage_options, members_to_keep=settings.members_to_keep,
                           status=day_status(d, k, end_of_record))
         written.append(str(d.date()))
+        if outcomes is not None:
+            outcomes[written[-1]] = day_outcome(ana)
         if progress is not None:
             progress(written[-1])
     return written
 
 
 def backfill(config, days: Iterable[Any], *, prior, observations: pd.DataFrame, force: bool = False,
-             progress: Callable[[str], None] | None = None) -> list[str]:
+             progress: Callable[[str], None] | None = None, outcomes: dict[str, dict] | None = None) -> list[str]:
     """Assimilate ``days`` of a run config into its archive (which must exist: :func:`ensure_archive`), skipping
     the days already done unless ``force``; the evaluation hold-out of the config is applied. Returns the ISO
-    dates written."""
+    dates written (``outcomes``: see :func:`assimilate_days`)."""
     settings = DaySettings.from_config(config, exclude_stations=holdout_for(config, observations))
-    return assimilate_days(prior, observations, days, settings, skip_done=not force, progress=progress)
+    return assimilate_days(prior, observations, days, settings, skip_done=not force, progress=progress,
+                           outcomes=outcomes)
+
+
+def summarise_outcomes(outcomes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Range totals of per-day outcomes (:func:`day_outcome`, or ``{"qc": counts}`` of a day that failed QC):
+    ``{"qc": rows per QC reason over the days, "prior_only": sorted days analysed from the prior alone}``."""
+    total: dict[str, int] = {}
+    for o in outcomes.values():
+        for k, v in (o.get("qc") or {}).items():
+            total[k] = total.get(k, 0) + int(v)
+    return {"qc": dict(sorted(total.items())),
+            "prior_only": sorted(d for d, o in outcomes.items() if o.get("prior_only"))}
 
 
 # ------------------------------------------------------------------------------------------- the archive
@@ -259,16 +284,9 @@ def ensure_archive(config, prior) -> tuple[str, str | None]:
     return status, made_with
 
 
-
 def day_range(config, start: Any = None, end: Any = None) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """``(start, end)`` days of a run: the given ones, else the config's backfill range; ValueError naming both
-    dates when they are reversed or outside the archive period."""
-    period = config.backfill_period()
-    s = to_days(start if start is not None else period.start)[0]
-    e = to_days(end if end is not None else period.end)[0]
-    if e < s:
-        raise ValueError(f"end {e.date()} is before start {s.date()}")
-    if s.date() < config.archive.start or e.date() > config.archive.end:
-        raise ValueError(f"range {s.date()}..{e.date()} is outside the archive period {config.archive.start}.."
-                         f"{config.archive.end} (archive.start/archive.end in the run config)")
-    return s, e
+    """``(start, end)`` days of a run as Timestamps: the given ones, else the config's backfill range; ValueError
+    naming both dates when they are reversed or outside the archive period (:meth:`RunConfig.day_range`)."""
+    s, e = config.day_range(None if start is None else to_days(start)[0].date(),
+                            None if end is None else to_days(end)[0].date())
+    return pd.Timestamp(s), pd.Timestamp(e)

@@ -60,6 +60,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _as_day(value: Any, default: _dt.date, what: str) -> _dt.date:
+    """``value`` (an ISO date string, a date or None for ``default``) as a date; ValueError naming it if not."""
+    if value is None:
+        return default
+    if isinstance(value, _dt.datetime):
+        return value.date()
+    if isinstance(value, _dt.date):
+        return value
+    try:
+        return _dt.date.fromisoformat(str(value).strip()[:10])
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not a date YYYY-MM-DD") from None
+
+
 def _check_order(start: _dt.date, end: _dt.date) -> None:
     """ValueError naming both dates if ``end`` is before ``start``."""
     if end < start:
@@ -283,6 +297,20 @@ class RunConfig(_Strict):
 
     def backfill_period(self) -> Period:
         return self.backfill or self.archive.period
+
+    def day_range(self, start: Any = None, end: Any = None, default: Period | None = None
+                  ) -> tuple[_dt.date, _dt.date]:
+        """``(start, end)`` days of a command: the given ones (ISO strings or dates), else ``default``'s (the
+        backfill range by default); ValueError naming the dates when one is not a date, they are reversed, or
+        they are outside the archive period. Pure datetime: costs nothing before a command starts."""
+        period = default or self.backfill_period()
+        s, e = _as_day(start, period.start, "start"), _as_day(end, period.end, "end")
+        if e < s:
+            raise ValueError(f"end {e} is before start {s}")
+        if s < self.archive.start or e > self.archive.end:
+            raise ValueError(f"range {s}..{e} is outside the archive period {self.archive.start}.."
+                             f"{self.archive.end} (archive.start/archive.end in the run config)")
+        return s, e
 
     def resolved(self, base_dir: str | os.PathLike) -> "RunConfig":
         """A copy with relative local paths made absolute against ``base_dir`` (URLs left alone)."""

@@ -14,7 +14,7 @@ import xarray as xr
 
 from . import storage
 
-__all__ = ["quicklook"]
+__all__ = ["quicklook", "quicklook_title", "display_units"]
 
 
 def _field(ds: xr.Dataset, name: str) -> xr.DataArray:
@@ -24,14 +24,33 @@ def _field(ds: xr.Dataset, name: str) -> xr.DataArray:
     return da.transpose("lat", "lon")
 
 
+#: Units shown on a plot instead of the stored ones: ``stored -> (shown, factor)``, shown = factor * stored.
+DISPLAY_UNITS = {"Pa": ("hPa", 0.01)}
+
+
+def display_units(units: str) -> tuple[str, float]:
+    """``(units shown, factor)`` for data stored in ``units`` (pressure in hPa; others unchanged)."""
+    return DISPLAY_UNITS.get(units, (units, 1.0))
+
+
+def quicklook_title(base: str, members: int | None = None, rmse: float | None = None, units: str = "") -> str:
+    """``"<base> (16 members, RMSE vs truth 1.23 hPa)"``: the ensemble size and, when the truth is known, the
+    latitude-weighted RMSE of the mean (units as shown)."""
+    parts = ([f"{members} members"] if members else []) + (
+        [f"RMSE vs truth {rmse:.3g} {units}".rstrip()] if rmse is not None else [])
+    return f"{base} ({', '.join(parts)})" if parts else base
+
+
 def quicklook(analysis: xr.Dataset, variable: str, path: str | os.PathLike,
               observations: pd.DataFrame | None = None, truth: xr.Dataset | None = None,
-              title: str | None = None, dpi: int = 90) -> str:
+              title: str | None = None, dpi: int = 90, members: int | None = None) -> str:
     """Write a PNG of ``variable`` for the single day in ``analysis`` and return ``path``.
 
     Panels: analysis mean; ensemble spread with the used observation locations (black dots, rows of
     ``observations`` for that variable); and, with ``truth`` (same grid, the day selected or selectable by time),
-    the truth and the analysis error (analysis - truth).
+    the truth and the analysis error (analysis - truth). The title adds the ensemble size (``members``) and, with
+    the truth, the latitude-weighted RMSE of the mean (:func:`latentda.metrics.deterministic.rmse`). Pressure
+    (stored in Pa) is shown in hPa (:data:`DISPLAY_UNITS`).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -54,7 +73,14 @@ def quicklook(analysis: xr.Dataset, variable: str, path: str | os.PathLike,
     fig = Figure(figsize=(11, 3.6 * nrows), dpi=dpi)
     FigureCanvasAgg(fig)
     lon, lat = mean["lon"].values, mean["lat"].values
-    units = analysis[variable].attrs.get("units", "")
+    units, factor = display_units(analysis[variable].attrs.get("units", ""))
+    mean, spread = mean * factor, spread * factor
+    error = None
+    if tr is not None:
+        from .metrics.deterministic import rmse
+
+        tr = tr * factor
+        error = float(rmse(mean, tr))
     vmin = float(np.nanmin(mean.values)) if tr is None else float(min(np.nanmin(mean.values), np.nanmin(tr.values)))
     vmax = float(np.nanmax(mean.values)) if tr is None else float(max(np.nanmax(mean.values), np.nanmax(tr.values)))
 
@@ -84,7 +110,7 @@ def quicklook(analysis: xr.Dataset, variable: str, path: str | os.PathLike,
         err = mean.values - tr.values
         lim = float(np.nanmax(np.abs(err))) or 1.0
         panel(4, err, "analysis - truth", "RdBu_r", vmin=-lim, vmax=lim)
-    fig.suptitle(title or f"{variable} {day}", fontsize=12)
+    fig.suptitle(quicklook_title(title or f"{variable} {day}", members, error, units), fontsize=12)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -115,4 +115,5 @@ def quicklook_day(config, day: str, variable: str, out_png: str, *, truth: xr.Da
         truth = truth_for_days(truth, [variable], [d])
         truth = truth if truth.sizes["time"] else None
     return quicklook(one, variable, out_png, observations=obs, truth=truth,
-                     title=f"latentda reanalysis: {variable} on {d.date()}")
+                     title=f"latentda reanalysis: {variable} on {d.date()}",
+                     members=int(ds.attrs.get("latentda:members", 0)) or None)

@@ -29,6 +29,8 @@ from fsspec.utils import get_protocol
 
 __all__ = [
     "MASK",
+    "bucket_of",
+    "name_buckets",
     "RedactingFilter",
     "filesystem",
     "get_mapper",
@@ -90,6 +92,31 @@ def is_remote(url: str | os.PathLike) -> bool:
     # chained URLs ("simplecache::s3://bucket/key"): remote when any link names a non-local protocol
     protocols = [part.split("://", 1)[0].lower() for part in s.split("::") if "://" in part]
     return any(p not in _LOCAL_PROTOCOLS for p in protocols)
+
+
+def bucket_of(url: str | os.PathLike) -> str | None:
+    """The bucket (first path element after the protocol) of a remote URL: ``s3://b/k/x.zarr`` -> ``b``;
+    None for a local path."""
+    s = os.fspath(url)
+    if not is_remote(s):
+        return None
+    last = [part for part in s.split("::") if "://" in part][-1]
+    return last.split("://", 1)[1].split("/", 1)[0] or None
+
+
+def name_buckets(message: str, urls: Mapping[str, str | None]) -> str:
+    """``message`` plus the object-store bucket(s) it may concern, for an error raised deep in s3fs/zarr that does
+    not name one: ``urls`` maps a role (``archive``, ``prior``, ...) to its URL; local and None URLs are left out,
+    and nothing is added when the message already names every bucket."""
+    named: dict[str, list[str]] = {}
+    for role, url in urls.items():
+        b = bucket_of(url) if url else None
+        if b:
+            named.setdefault(b, []).append(f"{role} {redact(url)}")
+    missing = {b: roles for b, roles in named.items() if b not in message}
+    if not missing:
+        return message
+    return message + " [object store: " + "; ".join(f"bucket {b!r} ({', '.join(r)})" for b, r in missing.items()) + "]"
 
 
 def strip_protocol(url: str | os.PathLike) -> str:

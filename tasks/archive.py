@@ -37,17 +37,28 @@ class LatentdaVersion(CachePolicy):
 CACHE_POLICY = INPUTS + TASK_SOURCE + LatentdaVersion()
 
 IO_ERRORS = (OSError, TimeoutError, ConnectionError)
+#: OSErrors that a retry cannot fix: the same call fails the same way (a wrong path or permission is bad input).
+PERMANENT_IO_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def is_transient(err: BaseException) -> bool:
+    """True for an error worth retrying: network, timeout, object-store throttling (an OSError that is not one of
+    :data:`PERMANENT_IO_ERRORS`); bad input, a missing file or a bug is never retried."""
+    return isinstance(err, IO_ERRORS) and not isinstance(err, PERMANENT_IO_ERRORS)
 
 
 def retry_on_io(task, task_run, state) -> bool:
-    """Retry condition: retry only when the task failed with an I/O error (network, file system, object store)."""
+    """Retry condition: retry only when the task failed with a transient I/O error (:func:`is_transient`)."""
     try:
         state.result()
-    except IO_ERRORS:
-        return True
-    except BaseException:  # noqa: BLE001 - bad input or a bug: retrying would not help
-        return False
+    except BaseException as err:  # noqa: BLE001 - classified below
+        return is_transient(err)
     return False
+
+
+#: Task options of every task that touches storage: transient I/O errors are retried twice, after 2 s +/- 50 %
+#: (jitter: many workers hitting a throttled object store do not retry in lock step).
+RETRY_IO = {"retries": 2, "retry_delay_seconds": 2, "retry_jitter_factor": 0.5, "retry_condition_fn": retry_on_io}
 
 
 _PRIORS: dict[tuple, Any] = {}
@@ -74,7 +85,7 @@ def load_prior_cached(path: str, device: str = "cpu", storage_options: Mapping[s
 
 
 # ---------------------------------------------------------------------------------------------------- tasks
-@task(name="init-archive", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
+@task(name="init-archive", cache_policy=NO_CACHE, **RETRY_IO)
 def init_archive(config: RunConfig) -> str:
     """Create the run's pre-sized archive (metadata only) or check an existing one against the config.
 
@@ -91,21 +102,21 @@ def init_archive(config: RunConfig) -> str:
     return status
 
 
-@task(name="missing-days", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
+@task(name="missing-days", cache_policy=NO_CACHE, **RETRY_IO)
 def missing_days(config: RunConfig, start: str, end: str) -> list[str]:
     """ISO dates of ``start..end`` whose done flag is not set in the run's archive."""
     return [str(d.date()) for d in lib.missing_days(config.archive_url, start, end,
                                                     config.archive.storage_options)]
 
 
-@task(name="validate-archive", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
+@task(name="validate-archive", cache_policy=NO_CACHE, **RETRY_IO)
 def validate_archive(config: RunConfig, start: str | None = None, end: str | None = None) -> dict:
     """Every done day of the run's archive has finite fields and provenance; returns the report (raises
     ArchiveError if not)."""
     return lib.validate_archive(config.archive_url, config.archive.storage_options, start=start, end=end)
 
 
-@task(name="register-archive", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
+@task(name="register-archive", cache_policy=NO_CACHE, **RETRY_IO)
 def register_archive(config: RunConfig) -> str:
     """Add or replace the run's entries in the output catalog (storage options without secrets): the archive
     (driver zarr) and its per-observation feedback (``<name>_feedback``, ``tasks.intake_sources.FeedbackSource``)."""

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from latentda import backfill, storage
 from latentda.config import RunConfig
+from latentda.obs.qc import AllObservationsRejected, format_counts
 
 from . import catalog as catalog_io
 from .archive import load_prior_cached
@@ -49,11 +50,15 @@ def run_observations(config: RunConfig) -> pd.DataFrame:
     return read_observations(config.catalog.path, config.catalog.observations)
 
 
-def run_day(day: str, config: RunConfig, force: bool = False) -> list[str]:
-    """Assimilate and write one day of the run on this process (a Dask worker or the caller); returns ``[day]``
-    if it was written, ``[]`` if it was already done (and not ``force``)."""
+def run_day(day: str, config: RunConfig, force: bool = False) -> dict[str, dict]:
+    """Assimilate and write one day of the run on this process (a Dask worker or the caller); returns
+    ``{day: outcome}`` (QC counts, prior only: ``latentda.backfill.day_outcome``) if it was written, ``{}`` if it
+    was already done (and not ``force``)."""
     prior = load_prior_cached(config.prior_path, "cpu", config.archive.storage_options)
-    return backfill.backfill(config, [day], prior=prior, observations=run_observations(config), force=force)
+    outcomes: dict[str, dict] = {}
+    backfill.backfill(config, [day], prior=prior, observations=run_observations(config), force=force,
+                      outcomes=outcomes)
+    return outcomes
 
 
 def warm_up(config: RunConfig) -> None:
@@ -133,22 +138,29 @@ def dask_placement() -> str:
     return f"mapped over {n} Dask worker(s)"
 
 
-def map_days(config: RunConfig, days: list[str], force: bool = False) -> tuple[list[str], dict[str, str]]:
+def map_days(config: RunConfig, days: list[str], force: bool = False
+             ) -> tuple[list[str], dict[str, str], dict[str, dict]]:
     """Run :func:`run_day` for each of ``days`` on the current Dask client (in this process without one).
 
-    Returns ``(written, failed)``: the ISO dates written and ``{day: error}`` for days that failed (the other days
-    still run). The progress hook (:func:`set_progress_hook`) is called as each day finishes.
+    Returns ``(written, failed, outcomes)``: the ISO dates written, ``{day: error}`` for days that failed (the
+    other days still run) and ``{day: {"qc": counts, "prior_only": bool}}`` of the days written and of the days
+    that failed QC (:class:`latentda.obs.qc.AllObservationsRejected`). The progress hook
+    (:func:`set_progress_hook`) is called as each day finishes.
     """
     on_day = _HOOK["on_day"]
     client = _client()
     written: list[str] = []
     failed: dict[str, str] = {}
+    outcomes: dict[str, dict] = {}
 
-    def done(day: str, result: list[str] | None, err: BaseException | None) -> None:
+    def done(day: str, result: dict[str, dict] | None, err: BaseException | None) -> None:
         if err is None:
-            written.extend(result or [])
+            written.extend(result or {})
+            outcomes.update(result or {})
         else:
             failed[day] = f"{type(err).__name__}: {err}"
+            if isinstance(err, AllObservationsRejected):
+                outcomes[day] = {"qc": err.counts, "prior_only": False}
         if on_day is not None:
             on_day(day, err)
 
@@ -158,7 +170,7 @@ def map_days(config: RunConfig, days: list[str], force: bool = False) -> tuple[l
                 done(d, run_day(d, config, force), None)
             except Exception as err:  # noqa: BLE001 - the other days still run; reported by the caller
                 done(d, None, err)
-        return written, failed
+        return written, failed, outcomes
     from distributed import as_completed
 
     futures = client.map(run_day, days, config=config, force=force, pure=False, key=[f"day-{d}" for d in days])
@@ -169,7 +181,7 @@ def map_days(config: RunConfig, days: list[str], force: bool = False) -> tuple[l
         except Exception as err:  # noqa: BLE001
             done(day_of[fut.key], None, err)
         fut.release()
-    return written, failed
+    return written, failed, outcomes
 
 
 def _block_run_name() -> str:
@@ -184,16 +196,23 @@ def assimilate_block(config: RunConfig, days: list[str], force: bool = False) ->
     """Assimilate ``days`` (ISO dates) of the run into its archive, mapped over the Dask cluster.
 
     The archive is the state: days already done are skipped unless ``force``. Returns ``{"written": [...],
-    "failed": {day: error}}``; a failed day leaves its done flag unset, so a rerun redoes exactly the failed days.
+    "failed": {day: error}, "outcomes": {day: {"qc", "prior_only"}}}``; a failed day leaves its done flag unset,
+    so a rerun redoes exactly the failed days.
     """
     log = get_run_logger()
     log.info("block %s..%s: %d day(s) %s", days[0], days[-1], len(days), dask_placement())
-    written, failed = map_days(config, days, force)
+    written, failed, outcomes = map_days(config, days, force)
     log.info("block %s..%s: wrote %d day(s)%s%s", days[0], days[-1], len(written),
              "" if len(written) + len(failed) == len(days) else
              f" ({len(days) - len(written) - len(failed)} already done)",
              f", {len(failed)} failed" if failed else "")
-    return {"written": sorted(written), "failed": failed}
+    qc = backfill.summarise_outcomes(outcomes)
+    if qc["prior_only"]:
+        log.warning("block %s..%s: %d day(s) analysed from the PRIOR ALONE (no usable observation): %s", days[0],
+                    days[-1], len(qc["prior_only"]), ", ".join(qc["prior_only"]))
+    if any(k != "used" for k in qc["qc"]):
+        log.info("block %s..%s: QC rejections %s", days[0], days[-1], format_counts(qc["qc"]))
+    return {"written": sorted(written), "failed": failed, "outcomes": outcomes}
 
 
 def set_progress_hook(hook: Callable[[str, BaseException | None], None] | None) -> None:

@@ -11,7 +11,7 @@ from latentda.config import RunConfig
 from latentda.training_store import open_training_store
 
 from . import catalog as catalog_io
-from .archive import retry_on_io
+from .archive import RETRY_IO
 from .assimilate import read_observations
 
 
@@ -44,13 +44,13 @@ def evaluate_run(config: RunConfig, start: str | None = None, end: str | None = 
                                    climatology=_climatology(config))
 
 
-@task(name="evaluate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io)
+@task(name="evaluate", cache_policy=NO_CACHE, **RETRY_IO)
 def evaluate(config: RunConfig, start: str | None = None, end: str | None = None) -> dict:
     """Task wrapper of :func:`evaluate_run`."""
     return evaluate_run(config, start, end)
 
 
-@task(name="quicklook", cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_on_io)
+@task(name="quicklook", cache_policy=NO_CACHE, **RETRY_IO)
 def make_quicklook(config: RunConfig, day: str, out_png: str) -> str:
     """:func:`latentda.report.quicklook_day` of the config's quicklook variable, with the run's truth and
     observations."""

@@ -15,7 +15,7 @@ from latentda.grid import normalize_grid
 from latentda.training_store import open_training_store, write_training_store
 
 from . import catalog as catalog_io
-from .archive import retry_on_io
+from .archive import RETRY_IO
 
 
 def train_period(config: RunConfig) -> tuple[str, str]:
@@ -59,8 +59,7 @@ def read_training_fields(config: RunConfig):
     return normalize_grid(ds)
 
 
-@task(name="ingest", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=5,
-      retry_condition_fn=retry_on_io)
+@task(name="ingest", cache_policy=NO_CACHE, persist_result=False, **RETRY_IO)
 def ingest(config: RunConfig, refresh: bool = False) -> dict:
     """The run's training fields (entry ``catalog.fields``, read ONLY through the catalog) over the training
     period -> the run's training store.

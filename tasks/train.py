@@ -11,10 +11,11 @@ from prefect.cache_policies import NO_CACHE
 import latentda
 from latentda import storage
 from latentda.config import RunConfig
+from latentda.prior import training_summary
 from latentda.runtime import torch_threads
 from latentda.training_store import training_fields
 
-from .archive import retry_on_io
+from .archive import RETRY_IO
 
 
 def _sidecar(path: str) -> str:
@@ -40,14 +41,14 @@ class TrainRequest:
     retrain: bool = False
 
 
-@task(name="train-prior", cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=5,
-      retry_condition_fn=retry_on_io)
+@task(name="train-prior", cache_policy=NO_CACHE, persist_result=False, **dict(RETRY_IO, retries=1))
 def train_prior(config: RunConfig, request: TrainRequest) -> dict:
     """Train ``latentda.train_prior`` on the training store and save it to the run's prior path.
 
     Reuses the checkpoint (no training) when its sidecar (``path + ".json"``) says it was trained from the same
     training data, prior config and latentda version AND the checkpoint loads and its checksum still matches (no
-    Prefect result cache: the file itself is verified every time). Returns ``{"path", "checksum", "trained"}``.
+    Prefect result cache: the file itself is verified every time). Returns ``{"path", "checksum", "trained",
+    "summary"}`` (summary: how the training ended, ``latentda.prior.training_summary``).
     """
     log = get_run_logger()
     training_url, training_key = request.training["url"], request.training["key"]
@@ -62,7 +63,8 @@ def train_prior(config: RunConfig, request: TrainRequest) -> dict:
             prior = latentda.load_prior(out_path, device="cpu", storage_options=storage_options or None)
             if prior.checksum() == side.get("checksum"):
                 log.info("prior %s is up to date (checksum %s)", storage.redact(out_path), side["checksum"][:12])
-                return {"path": out_path, "checksum": side["checksum"], "trained": False}
+                return {"path": out_path, "checksum": side["checksum"], "trained": False,
+                        "summary": training_summary(prior)}
             log.warning("prior %s does not match its sidecar's checksum: retraining", storage.redact(out_path))
         except (FileNotFoundError, OSError, ValueError) as err:
             log.warning("prior %s is unreadable (%s): retraining", storage.redact(out_path), err)
@@ -77,5 +79,5 @@ def train_prior(config: RunConfig, request: TrainRequest) -> dict:
     with storage.open(_sidecar(out_path), "wb", storage_options) as f:
         f.write(json.dumps(dict(want, checksum=checksum, config_hash=config.hash), indent=1,
                            default=str).encode())
-    log.info("prior saved to %s (checksum %s)", storage.redact(out_path), checksum[:12])
-    return {"path": out_path, "checksum": checksum, "trained": True}
+    log.info("prior saved to %s (checksum %s); %s", storage.redact(out_path), checksum[:12], training_summary(prior))
+    return {"path": out_path, "checksum": checksum, "trained": True, "summary": training_summary(prior)}

@@ -286,3 +286,61 @@ def test_rewrite_of_a_done_day_unsets_its_flag_before_the_data(written, world, m
     assert calls[0] == [lib.DONE]  # the flag went down first
     assert pd.Timestamp("2005-01-02") in lib.missing_days(url, "2005-01-01", "2005-01-10")
     assert assimilate_days(prior, world.obs, ["2005-01-02"], _settings(url), skip_done=True) == ["2005-01-02"]
+
+
+def create_after_barrier(url: str, spec, barrier, results) -> None:
+    """Child process: wait for the other creator, then create the same archive at the same moment (also used by
+    tests/test_s3.py)."""
+    barrier.wait()
+    try:
+        results.put(lib.create_archive(url, spec, {"config_hash": "race"}))
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which fails the test with it
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_two_processes_creating_the_same_new_archive_both_succeed(tmp_path, tiny_prior_path):
+    """Issue 11 finding 6: two creators at the same instant; before, ``mode="w"`` of one removed the group the
+    other had opened (GroupNotFoundError). Now one gets "created", the other "exists", in every trial, and the
+    store is complete and valid, with no temporary directory left."""
+    import multiprocessing as mp
+
+    _, prior = tiny_prior_path
+    spec = lib.archive_spec(prior, "2005-01-01", "2005-01-05", members=2)
+    ctx = mp.get_context("fork")
+    for trial in range(6):
+        url = str(tmp_path / f"race{trial}.zarr")
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=create_after_barrier, args=(url, spec, barrier, results)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        got = sorted(results.get(timeout=5) for _ in procs)
+        assert got == ["created", "exists"], f"trial {trial}: {got}"
+        ds = lib.open_archive(url)
+        assert ds.attrs["latentda:initialised"] == 1 and not ds["done"].values.any()
+        assert lib.create_archive(url, spec) == "exists"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"race{t}.zarr" for t in range(6)]
+
+
+def test_quicklook_title_has_members_and_rmse_and_pressure_in_hpa(written, world, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from latentda.quicklook import display_units, quicklook, quicklook_title
+
+    assert display_units("Pa") == ("hPa", 0.01) and display_units("K") == ("K", 1.0)
+    assert quicklook_title("t on d", 16, 1.234, "hPa") == "t on d (16 members, RMSE vs truth 1.23 hPa)"
+    assert quicklook_title("t on d") == "t on d"
+    titles, labels = [], []
+    monkeypatch.setattr(Figure, "suptitle", lambda self, t, **kw: titles.append(t))
+    real_colorbar = Figure.colorbar
+    monkeypatch.setattr(Figure, "colorbar", lambda self, *a, **kw: (labels.append(kw.get("label")),
+                                                                     real_colorbar(self, *a, **kw))[1])
+    url, spec, _ = written
+    v = spec.variables[0]
+    ds = lib.open_archive(url).isel(time=[1]).load()
+    ds[v].attrs["units"] = "Pa"  # a pressure variable: shown in hPa
+    quicklook(ds, v, tmp_path / "q.png", truth=world.fields.assign({v: world.fields[v].assign_attrs(units="Pa")}),
+              members=MEMBERS)
+    assert titles and f"({MEMBERS} members, RMSE vs truth" in titles[0] and titles[0].endswith(" hPa)"), titles
+    assert set(labels) == {"hPa"}

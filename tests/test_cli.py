@@ -109,3 +109,11 @@ def test_tiny_demo_end_to_end(tmp_path, world, capsys):
     # the demo again: nothing to redo
     assert main(["demo", "--config", cfg_path, "--start", "2005-01-01", "--end", "2005-01-03", "--no-progress"]) == 0
     assert "0 day(s) written" in capsys.readouterr().out
+
+
+def test_simulate_help_shows_its_own_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: latentda simulate") and "number of kept daily snapshots (default 2192)" in out

@@ -17,6 +17,7 @@ from latentda.da.ensemble import GaussianSmoother, RepresentationError
 from latentda.da.solver import minimize_batched
 from latentda.grid import Grid
 from latentda.obs.operator import PointOperator
+from latentda.obs.qc import AllObservationsRejected
 from latentda.prior import residual_modes
 from latentda.testing import synthetic_fields, synthetic_observations, tiny_prior
 
@@ -348,9 +349,11 @@ def test_no_usable_observation_returns_prior_and_flags_no_obs(prior, fields):
     v0 = prior.variables[0]
     bad = pd.DataFrame({"time": [day, day - pd.Timedelta(days=1)], "lat": [10.0, 0.0], "lon": [0.0, 0.0],
                         "value": [np.nan, 280.0], "error": [1.0, 1.0], "variable": v0})
+    with pytest.raises(AllObservationsRejected, match=r"all 1 observation\(s\) of .*nonfinite_value: 1"):
+        assimilate(prior, bad, day, **kw)  # the default policy: a day with all rows rejected fails
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ds = assimilate(prior, bad, day, **kw)
+        ds = assimilate(prior, bad, day, on_all_rejected="prior", **kw)
     assert int(ds["no_obs"].item()) == 1 and int(ds["obs_used"].item()) == 0
     assert int(ds["obs_rejected"].item()) == 1  # the other day's row is counted under wrong_time only
     assert json.loads(ds.attrs["latentda:qc"]) == {"nonfinite_value": 1, "used": 0, "wrong_time": 1}
@@ -363,6 +366,23 @@ def test_no_usable_observation_returns_prior_and_flags_no_obs(prior, fields):
         assert np.all(ds[f"{v}_spread"].values > 0)
         clim_sd = float(sample[:, c].std(0).mean())
         assert 0.3 * clim_sd < float(ds[f"{v}_spread"].mean()) < 3 * clim_sd
+
+
+@pytest.mark.parametrize("case", ["error_nan", "lat_95", "value_units"])
+def test_all_rejected_day_fails_by_default_with_reasons_counted(prior, fields, case):
+    """The bad-observation files of issue 11: every row of the day rejected -> AllObservationsRejected naming the
+    reason and its count (not a silent prior-only day); ``on_all_rejected="prior"`` writes the prior, no_obs=1."""
+    day = _day(fields, 4)
+    obs = _obs(fields, 4, 12, 4)
+    bad, reason = {"error_nan": (obs.assign(error=np.nan), "bad_error"),
+                   "lat_95": (obs.assign(lat=95.0), "lat_out_of_range"),
+                   "value_units": (obs.assign(value=[f"{v:.2f} K" for v in obs["value"]]), "non_numeric")}[case]
+    with pytest.raises(AllObservationsRejected) as info:
+        assimilate(prior, bad, day, members=2, seed=0, max_iter=3)
+    assert info.value.counts[reason] == len(obs) and f"{reason}: {len(obs)}" in str(info.value)
+    assert "on_all_rejected: prior" in str(info.value)
+    ds = assimilate(prior, bad, day, members=2, seed=0, max_iter=3, on_all_rejected="prior")
+    assert int(ds["no_obs"].item()) == 1 and json.loads(ds.attrs["latentda:qc"])[reason] == len(obs)
 
 
 def test_qc_reasons_counted_and_bad_rows_have_no_influence(prior, fields):

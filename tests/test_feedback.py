@@ -89,7 +89,8 @@ def test_feedback_of_a_day_without_usable_observation_is_the_prior(tiny_prior_pa
     _, prior = tiny_prior_path
     day, table = day_table
     bad = table.assign(error=np.nan)
-    ana, fb = latentda.assimilate(prior, bad, day, members=MEMBERS, seed=0, options=OPTS, feedback=True)
+    ana, fb = latentda.assimilate(prior, bad, day, members=MEMBERS, seed=0,
+                                  options={**OPTS, "on_all_rejected": "prior"}, feedback=True)
     assert int(ana["no_obs"].values[0]) == 1
     assert len(fb) == len(bad) and (fb["status"] == "rejected").all()
     assert set(fb["qc_reason"]) >= {"bad_error"}

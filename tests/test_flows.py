@@ -215,6 +215,12 @@ def test_evaluate_flow_publishes_markdown_artifact_with_quicklook(backfilled):
     with get_client(sync_client=True) as client:
         art = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[out["artifact_key"]])))
     assert art and art[0].type == "markdown" and "rmse" in art[0].data and ".png" in art[0].data
+    # the report also lives in the workdir (the artifact of a temporary server goes away with it), beside the PNG
+    report = Path(out["report"])
+    assert report.parent.name == "reports" and report.suffix == ".md"
+    text = report.read_text()
+    assert "| variable |" in text and f"(../quicklooks/{Path(png).name})" in text
+    assert (report.parent / "../quicklooks" / Path(png).name).resolve() == Path(png).resolve()
 
 
 def test_task_runner_factory_dispatch():

@@ -105,6 +105,22 @@ def test_max_minutes_stops_training():
     p = train_prior(synthetic_fields(ntime=160), dict(FAST, epochs=50, max_minutes=1e-5), progress=False)
     assert p.provenance["stop_reason"] == "max_minutes"
     assert p.provenance["epochs_run"] == 1
+    from latentda.prior import training_summary
+
+    line = training_summary(p)  # what `latentda train` prints: stop reason, epochs, final validation error
+    assert "stopped by the max_minutes=1e-05 time limit after 1/50 epoch(s)" in line, line
+    assert "kept epoch 1 with validation loss" in line and "validation RMSE" in line, line
+
+
+def test_training_summary_names_early_stopping_and_epochs(prior):
+    from latentda.prior import training_summary
+
+    line = training_summary(prior)
+    reason = prior.provenance["stop_reason"]
+    assert {"epochs": "all", "early_stopping": "early stopping"}[reason] in line, line
+    assert f"after {prior.provenance['epochs_run']}/{prior.config.epochs} epoch(s)" in line
+    for v in prior.variables:
+        assert v in line
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

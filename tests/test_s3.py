@@ -182,3 +182,29 @@ def test_backfill_into_s3_from_two_workers_reads_back_and_leaks_nothing(prefect_
     if results.exists():
         assert not _grep_tree(results, secret)
     assert not _grep_tree(tmp_path, secret) or _grep_tree(tmp_path, secret) == [cfg_path]  # only the user's config
+
+
+def test_two_processes_creating_the_same_new_archive_on_s3_both_succeed(aws_env, tiny_prior_path):
+    """Issue 11 finding 6 on an object store (no rename there): create-if-absent, so neither creator removes the
+    other's group; both succeed and the store is complete."""
+    import multiprocessing as mp
+
+    from latentda import archive as lib
+    from test_archive import create_after_barrier
+
+    _, prior = tiny_prior_path
+    spec = lib.archive_spec(prior, "2005-01-01", "2005-01-03", members=2)
+    ctx = mp.get_context("spawn")  # no fork of s3fs's event loop
+    for trial in range(3):
+        url = f"s3://{BUCKET}/race{trial}.zarr"
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=create_after_barrier, args=(url, spec, barrier, results)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        got = sorted(results.get(timeout=180) for _ in procs)
+        for p in procs:
+            p.join(30)
+        assert got in (["created", "exists"], ["created", "created"]), f"trial {trial}: {got}"
+        ds = lib.open_archive(url)
+        assert ds.attrs["latentda:initialised"] == 1 and not ds["done"].values.any()
+        assert lib.create_archive(url, spec) == "exists"

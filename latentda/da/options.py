@@ -44,6 +44,10 @@ class AssimilationOptions(BaseModel):
     covariance_form: Literal["auto", "obs", "grid"] = Field(
         "auto", description="R = R_o + G G^T: 'obs' (dense n x n Cholesky), 'grid' (Woodbury in grid space, cost "
                             "independent of n), 'auto' (the cheaper; latentda.da.obs_covariance)")
+    on_all_rejected: Literal["fail", "prior"] = Field(
+        "fail", description="a day whose observations are present but all rejected by QC: 'fail' (raise "
+                            "AllObservationsRejected, the QC reasons counted) or 'prior' (the prior ensemble, "
+                            "no_obs=1)")
 
     @field_validator("qc_threshold")
     @classmethod

@@ -32,7 +32,9 @@ Solver: :func:`latentda.da.solver.minimize_batched` (one L-BFGS over the member 
 and convergence). Diagnostics: ``fit_before``/``fit_after`` are the RMS of (y − H x̄)/sigma_o over the used
 observations for the background (prior ensemble, eta included) mean and the analysis mean; ``cost`` is the
 ensemble mean of the final J_m; ``iterations`` the largest member iteration count. With no usable observation the
-prior ensemble x_m = g(z_p,m) + eta_p,m is returned with ``no_obs=1``.
+prior ensemble x_m = g(z_p,m) + eta_p,m is returned with ``no_obs=1`` -- unless rows of the day were present and
+all rejected and ``on_all_rejected="fail"`` (the default): then :class:`latentda.obs.qc.AllObservationsRejected`
+is raised with the count per QC reason.
 
 Outputs follow :func:`latentda.analysis.analysis_dataset`.
 """
@@ -280,6 +282,9 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     diag: dict[str, float] = {"obs_used": int(usable.size), "obs_rejected": _qc.rejected_count(table)}
 
     if usable.size == 0:
+        present = int(np.sum(table["qc"].to_numpy(dtype=object) != "wrong_time"))
+        if present and opts.on_all_rejected == "fail":
+            raise _qc.AllObservationsRejected(str(day.date()), counts)
         log.info("%s: no usable observation (%s): returning the prior ensemble", day.date(), counts)
         diag.update(fit_before=np.nan, fit_after=np.nan, cost=0.0, iterations=0, converged_fraction=1.0, no_obs=1)
         xa_np = xb.cpu().numpy()

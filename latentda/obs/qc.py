@@ -21,6 +21,29 @@ import pandas as pd
 from .schema import QC_OK, QC_REASONS
 
 
+class AllObservationsRejected(ValueError):
+    """A day's observations were present but every one was rejected by QC (policy
+    ``AssimilationOptions.on_all_rejected="fail"``). ``counts``: rows per QC reason, as :func:`qc_counts`."""
+
+    def __init__(self, day: str, counts: Mapping[str, int]) -> None:
+        self.day, self.counts = str(day), dict(counts)
+        n = sum(v for k, v in self.counts.items() if k not in ("used", "wrong_time"))
+        super().__init__(day, self.counts)
+        self._msg = (f"all {n} observation(s) of {self.day} were rejected by QC ({format_counts(self.counts)}); "
+                     "fix the observations, or set assimilation.options.on_all_rejected: prior to write the day "
+                     "from the prior alone")
+
+    def __str__(self) -> str:
+        return self._msg
+
+
+def format_counts(counts: Mapping[str, int]) -> str:
+    """``"lat_out_of_range: 30, wrong_time: 2"``: the QC reasons with their row counts, largest first, ``used``
+    left out; ``"none"`` when no row was rejected."""
+    items = sorted(((k, int(v)) for k, v in counts.items() if k != "used" and v), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{k}: {v}" for k, v in items) or "none"
+
+
 def check_threshold(threshold: float) -> float:
     """Return ``threshold`` as a float; ValueError unless it is a positive number (``inf`` disables the check)."""
     try:

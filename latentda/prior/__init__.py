@@ -21,7 +21,8 @@ from .config import PriorConfig
 
 _LAZY = {
     "Prior": "checkpoint", "load_prior": "checkpoint", "resolve_device": "checkpoint", "FORMAT": "checkpoint",
-    "FORMAT_VERSION": "checkpoint", "train_prior": "train", "ConvVAE": "vae", "residual_modes": "residual",
+    "FORMAT_VERSION": "checkpoint", "train_prior": "train", "training_summary": "train", "ConvVAE": "vae",
+    "residual_modes": "residual",
     "remainder_std": "residual",
 }
 

@@ -339,3 +339,21 @@ def _fit(model: ConvVAE, X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, w:
         bar.close()
     return {"best_state": best_state, "best_loss": best_loss, "best_epoch": best_epoch, "history": history,
             "epochs_run": len(history), "stop_reason": stop_reason, "seconds": _time.monotonic() - t0}
+
+
+STOP_REASONS = {"epochs": "all {epochs} epochs ran", "max_minutes": "the max_minutes={max_minutes} time limit",
+                "early_stopping": "early stopping (no validation improvement in {patience} epochs)"}
+
+
+def training_summary(prior) -> str:
+    """One line on how a prior's training ended, from its provenance: the stop reason (epochs / max_minutes /
+    early stopping), epochs run of the maximum, the best (kept) epoch and its validation loss, and the validation
+    reconstruction RMSE per variable (standardised-anomaly units)."""
+    p, cfg = prior.provenance, prior.config
+    reason = STOP_REASONS.get(p.get("stop_reason"), str(p.get("stop_reason"))).format(
+        epochs=cfg.epochs, max_minutes=cfg.max_minutes, patience=cfg.patience)
+    rmse = ", ".join(f"{v} {r:.3g}" for v, r in zip(prior.variables, p.get("val_rmse") or []))
+    return (f"training stopped by {reason} after {p.get('epochs_run')}/{cfg.epochs} epoch(s) in "
+            f"{float(p.get('train_seconds') or 0):.0f} s; kept epoch {int(p.get('best_epoch', -1)) + 1} with "
+            f"validation loss {float(p.get('best_val_loss', float('nan'))):.4g}"
+            + (f"; validation RMSE {rmse}" if rmse else ""))

@@ -50,6 +50,18 @@ CF_ATTRS = {
 }
 
 
+#: One line per SimSettings field for ``latentda simulate --help``.
+SIM_HELP = {"truncation": "spectral truncation of dinosaur's Grid (T31: 48 x 96 Gaussian nodes)",
+            "layers": "equidistant sigma levels", "dt_minutes": "model time step, minutes",
+            "spinup_days": "days from rest discarded before the first kept day",
+            "start": "first kept date, YYYY-MM-DD", "days": "number of kept daily snapshots",
+            "seed": "PRNG seed of the initial bump", "nlat": "output latitudes (equiangular cell centres)",
+            "nlon": "output longitudes", "p0_pa": "reference surface pressure p0 of the rest state, Pa",
+            "p1_pa": "p1 of dinosaur's isothermal rest atmosphere (the initial bump), Pa",
+            "filter_tau": "time scale of the exponential step filter", "filter_order": "order of that filter",
+            "filter_cutoff": "cutoff of that filter (fraction of the truncation)"}
+
+
 @dataclasses.dataclass(frozen=True)
 class SimSettings:
     """Everything that determines the generated data (recorded in the file's attributes).
@@ -300,11 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m latentda.sim.heldsuarez OUT [--days N] [--spinup-days N] [--seed N] [--from FILE]``."""
     import argparse
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out")
+    p = argparse.ArgumentParser(prog="latentda simulate", description=__doc__.splitlines()[0],
+                                epilog="Each option overrides one field of SimSettings; the settings are recorded "
+                                       "in the output file's attributes.")
+    p.add_argument("out", help="output netCDF file of daily fields")
     p.add_argument("--from", dest="from_file", help="reproduce the settings recorded in this generated file")
     for f in dataclasses.fields(SimSettings):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, metavar=f.name.upper(),
+                       help=f"{SIM_HELP[f.name]} (default {f.default})")
     a = p.parse_args(argv)
     if a.from_file:
         import xarray as xr
