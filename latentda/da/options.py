@@ -44,6 +44,10 @@ class AssimilationOptions(BaseModel):
     covariance_form: Literal["auto", "obs", "grid"] = Field(
         "auto", description="R = R_o + G G^T: 'obs' (dense n x n Cholesky), 'grid' (Woodbury in grid space, cost "
                             "independent of n), 'auto' (the cheaper; latentda.da.obs_covariance)")
+    covariance_rank_tol: float = Field(
+        1e-3, ge=0, lt=1, description="grid form: drop singular values of the smoother S below this fraction of "
+                                      "the largest (eigenvalues of S S^T below its square; 0: full rank; "
+                                      "latentda.da.lowrank)")
 
     @field_validator("qc_threshold")
     @classmethod

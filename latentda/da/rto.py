@@ -271,7 +271,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     rcov = None
     if rep is not None:
         # built from the used rows only, so rejected rows cannot change a single bit of the analysis
-        rcov = observation_covariance(rep, op, sig64, members, opts.covariance_form)
+        rcov = observation_covariance(rep, op, sig64, members, opts.covariance_form, opts.covariance_rank_tol)
     with torch.no_grad():
         # ỹ_m = y + eps_o,m − G w_p,m (eta_p = 0 without representation error), float64
         target = (torch.as_tensor(y64, device=dev) + eps.double() - op.apply_torch(eta_p).double())
