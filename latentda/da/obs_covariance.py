@@ -26,6 +26,7 @@ tests/test_scaling.py. :func:`choose_form` picks the form with the smaller estim
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -178,16 +179,16 @@ class GridCovariance:
         self.D = rep.amplitude.double()  # (C, nlat, nlon)
         self.lowrank = LowRankSmoother(rep.smoother, rank_tol)
         r = self.lowrank.rank
-        shat = self.lowrank.matrix().cpu().numpy()  # Ŝ (npts, r) float64
+        shat = self.lowrank.matrix()  # Ŝ (npts, r) float64
         winv = sp.diags(1.0 / sig ** 2)
         self._chol = torch.empty((len(self.channels), r, r), dtype=torch.float64, device=dev)
         for idx, c in enumerate(self.channels):
             hc = hs[:, c * npts:(c + 1) * npts]
-            d = self.D[c].reshape(-1, 1).cpu().numpy()
-            k = (hc.T @ winv @ hc).tocsr()  # Hᵀ R_o⁻¹ H (npts, npts), sparse
-            y = torch.from_numpy(d * (k @ (d * shat)))  # Y = D K D Ŝ (npts, r)
+            d = self.D[c].reshape(-1, 1)
+            k = _torch_csr((hc.T @ winv @ hc).tocsr(), dev)  # Hᵀ R_o⁻¹ H (npts, npts), sparse
+            y = d * (k @ (d * shat))  # Y = D K D Ŝ (npts, r)
             # P − I = Ŝᵀ Y: Ŝᵀ on the columns of Y as fields (an FFT and nlat × nlat products), O(nlat npts r)
-            p = self.lowrank.transpose_apply(y.T.contiguous().reshape(r, nlat, nlon).to(dev))  # (r, r) = (Ŝᵀ Y)ᵀ
+            p = self.lowrank.transpose_apply(y.T.contiguous().reshape(r, nlat, nlon))  # (r, r) = (Ŝᵀ Y)ᵀ
             del y
             p.diagonal().add_(1.0)  # P = I + Ŝᵀ D K D Ŝ, symmetric (cholesky reads its lower triangle)
             torch.linalg.cholesky(p, out=self._chol[idx])
@@ -256,6 +257,16 @@ class GridCovariance:
         if self.n_modes:
             eta = eta + self.rep.modes_field((v.double() @ self.U).to(v.dtype)).to(v.dtype)
         return eta
+
+
+def _torch_csr(m: sp.csr_matrix, device) -> torch.Tensor:
+    """A scipy CSR matrix as a float64 torch sparse CSR tensor (its product with a dense matrix is ~3x faster)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.int64),
+                                       torch.as_tensor(m.indices, dtype=torch.int64),
+                                       torch.as_tensor(m.data, dtype=torch.float64), size=m.shape,
+                                       device=device, check_invariants=True)
 
 
 def observation_covariance(rep: RepresentationError, operator: PointOperator, sigma: np.ndarray, members: int,
