@@ -183,10 +183,8 @@ class GridCovariance:
         winv = sp.diags(1.0 / sig ** 2)
         self._chol = torch.empty((len(self.channels), r, r), dtype=torch.float64, device=dev)
         for idx, c in enumerate(self.channels):
-            hc = hs[:, c * npts:(c + 1) * npts]
-            d = self.D[c].reshape(-1, 1)
-            k = _torch_csr((hc.T @ winv @ hc).tocsr(), dev)  # Hᵀ R_o⁻¹ H (npts, npts), sparse
-            y = d * (k @ (d * shat))  # Y = D K D Ŝ (npts, r)
+            hd = hs[:, c * npts:(c + 1) * npts] @ sp.diags(self.D[c].reshape(-1).cpu().numpy())  # H D
+            y = _torch_csr((hd.T @ winv @ hd).tocsr(), dev) @ shat  # Y = (D Hᵀ R_o⁻¹ H D) Ŝ (npts, r)
             # P − I = Ŝᵀ Y: Ŝᵀ on the columns of Y as fields (an FFT and nlat × nlat products), O(nlat npts r)
             p = self.lowrank.transpose_apply(y.T.contiguous().reshape(r, nlat, nlon))  # (r, r) = (Ŝᵀ Y)ᵀ
             del y
