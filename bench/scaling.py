@@ -8,8 +8,9 @@ QC off so that every observation is used: ``qc_threshold=inf``). Sweeps (each at
 
 * observations per day ``--obs`` (default 400,1600,3200,6400,12800,25600; 4 variables per station) at
   ``--base-grid`` (48x96) and ``--members`` (32); where "auto" picks the grid form, also with
-  ``covariance_form="obs"`` (the dense n x n path of before) up to ``--dense-max`` (12,800) observations: the
-  baseline measured in the same run;
+  ``covariance_form="obs"`` (the dense n x n path of before) up to ``--dense-max`` (12,800) observations, and
+  with the full-rank grid form (``covariance_rank_tol=0``: the npts x npts Woodbury system of round one) from
+  ``--full-rank-min`` (12,800) observations: the baselines measured in the same run;
 * grids ``--grids`` (48x96 .. 192x384, including pole-row grids 73x144, 181x360) at ``--grid-obs`` (1600) per day;
 * members ``--member-sweep`` (8 .. 128) at 1600 observations per day.
 
@@ -59,6 +60,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import latentda  # noqa: E402
+from latentda.da.ensemble import GaussianSmoother, default_length_scale_km  # noqa: E402
+from latentda.da.lowrank import RANK_TOL, LowRankSmoother  # noqa: E402
 from latentda.da.obs_covariance import choose_form  # noqa: E402
 from latentda.grid import Grid  # noqa: E402
 from latentda.normalization import fit_climatology  # noqa: E402
@@ -129,11 +132,14 @@ def random_prior(nlat: int, nlon: int, latent_dim: int, base_channels: int, devi
     return prior, fields
 
 
-def predicted_form(prior, n_obs: int, members: int, form: str = "auto") -> str:
+def predicted_form(prior, n_obs: int, members: int, form: str = "auto", rank_tol: float = RANK_TOL) -> str:
     """The covariance form ``assimilate`` will use for n_obs = 4 x stations (``choose_form``'s flop model)."""
     nlat, nlon = prior.grid.shape
     stations = max(1, n_obs // len(VARIABLES))
-    return choose_form({c: stations for c in range(len(VARIABLES))}, nlat * nlon, nlat, members, form=form).form
+    length = getattr(prior, "recon_length_scale_km", None) or default_length_scale_km(prior.grid)
+    rank = LowRankSmoother(GaussianSmoother(prior.grid, length), rank_tol).rank
+    return choose_form({c: stations for c in range(len(VARIABLES))}, nlat * nlon, nlat, members, form=form,
+                       rank=rank).form
 
 
 def time_day(prior, fields, n_obs: int, members: int, k: int, device: torch.device, **options) -> dict:
@@ -157,7 +163,7 @@ def run_interleaved(cases: list[dict], repeats: int, device: torch.device) -> li
     for k in range(repeats):
         for case, out in zip(cases, runs):
             out.append(time_day(case["prior"], case["fields"], case["obs"], case["members"], k, device,
-                                covariance_form=case["form"]))
+                                covariance_form=case["form"], covariance_rank_tol=case["rank_tol"]))
             print(f"  repeat {k}: {case['label']} {out[-1]['seconds']:.2f} s", flush=True)
     result = []
     for case, out in zip(cases, runs):
@@ -166,7 +172,8 @@ def run_interleaved(cases: list[dict], repeats: int, device: torch.device) -> li
                        "seconds_all": [o["seconds"] for o in out],
                        "peak_mb": float(np.median([o["peak_mb"] for o in out])),
                        "obs_used": int(np.median([o["obs_used"] for o in out])),
-                       "form_used": predicted_form(case["prior"], case["obs"], case["members"], case["form"])})
+                       "form_used": predicted_form(case["prior"], case["obs"], case["members"], case["form"],
+                                                   case["rank_tol"])})
     return result
 
 
@@ -194,8 +201,10 @@ def markdown_tables(points: list[dict]) -> str:
             "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
     for q in points:
         if q["sweep"] != "train":
-            rows.append(f"| {q['sweep']} | {q['grid']} | {q['obs']} | {q['members']} | {q['form_used']}"
-                        f"{' (forced)' if q['form'] != 'auto' else ''} | {q['seconds']:.2f} | {q['peak_mb']:.0f} |")
+            form = q["form_used"] + (" (forced)" if q["form"] != "auto" else "")
+            form += ", full rank" if q["form_used"] == "grid" and q.get("rank_tol", RANK_TOL) == 0 else ""
+            rows.append(f"| {q['sweep']} | {q['grid']} | {q['obs']} | {q['members']} | {form} | {q['seconds']:.2f}"
+                        f" | {q['peak_mb']:.0f} |")
     rows += ["", "| grid | grid points | s/epoch | s per 1000 training days | peak MiB |",
              "| --- | ---: | ---: | ---: | ---: |"]
     rows += [f"| {q['grid']} | {q['npts']} | {q['epoch_seconds']:.2f} ({q['train_days']} days) | "
@@ -219,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--obs", type=_ints, default=_ints("400,1600,3200,6400,12800,25600"))
     p.add_argument("--dense-max", type=int, default=12800, help="largest n also timed with the dense 'obs' form")
+    p.add_argument("--full-rank-min", type=int, default=12800,
+                   help="smallest n also timed with the full-rank grid form (covariance_rank_tol=0)")
     p.add_argument("--grids", type=_grids, default=_grids("48x96,73x144,96x192,121x240,181x360,192x384"))
     p.add_argument("--grid-obs", type=int, default=1600)
     p.add_argument("--member-sweep", type=_ints, default=_ints("8,16,32,64,128"))
@@ -241,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.obs, a.dense_max, a.grids, a.member_sweep = [400, 1600], 1600, [(16, 32), (19, 36)], [4, 8]
         a.base_grid, a.repeats, a.latent_dim, a.base_channels, a.train_days = [(16, 32)], 1, 16, 8, 64
-        a.members, a.grid_obs = 8, 400
+        a.members, a.grid_obs, a.full_rank_min = 8, 400, 1600
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -259,13 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     cases: list[dict] = []
     if sweeps & {"obs", "members"}:
         prior, fields = random_prior(nlat0, nlon0, a.latent_dim, a.base_channels, a.device)
-        base = dict(prior=prior, fields=fields, grid=f"{nlat0}x{nlon0}")
+        base = dict(prior=prior, fields=fields, grid=f"{nlat0}x{nlon0}", rank_tol=RANK_TOL)
         if "obs" in sweeps:
             for n in a.obs:
                 cases.append(dict(base, sweep="obs", obs=n, members=a.members, form="auto", label=f"{n} obs"))
                 if n <= a.dense_max and predicted_form(prior, n, a.members) != "obs":  # the dense path of before
                     cases.append(dict(base, sweep="obs", obs=n, members=a.members, form="obs",
                                       label=f"{n} obs, dense form"))
+                if n >= a.full_rank_min:  # the full-rank grid form of round one
+                    cases.append(dict(base, sweep="obs", obs=n, members=a.members, form="grid", rank_tol=0.0,
+                                      label=f"{n} obs, full-rank grid form"))
         if "members" in sweeps:
             cases += [dict(base, sweep="members", obs=a.grid_obs, members=m, form="auto", label=f"{m} members")
                       for m in a.member_sweep]
@@ -273,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         for nlat, nlon in a.grids:
             prior, fields = random_prior(nlat, nlon, a.latent_dim, a.base_channels, a.device)
             cases.append(dict(prior=prior, fields=fields, grid=f"{nlat}x{nlon}", npts=nlat * nlon, sweep="grid",
-                              obs=a.grid_obs, members=a.members, form="auto", label=f"{nlat}x{nlon}"))
+                              obs=a.grid_obs, members=a.members, form="auto", rank_tol=RANK_TOL,
+                              label=f"{nlat}x{nlon}"))
     for r in run_interleaved(cases, a.repeats, device):
         record(**r)
     del cases
@@ -296,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             yk = "seconds_per_1000_days" if name.startswith("training") else "seconds"
             slopes[name] = slope([q[key] for q in pts], [q[yk] for q in pts])
             print(f"  {name:34s} {slopes[name]:.2f}  ({len(pts)} points)")
-    for q in (q for q in points if q["sweep"] == "obs" and q["form"] == "obs"):
+    for q in (q for q in points if q["sweep"] == "obs" and q["form"] != "auto"):
         match = [r for r in auto if r["obs"] == q["obs"]]
         if match:
-            print(f"  {q['obs']} obs/day: auto ({match[0]['seconds']:.2f} s) / dense ({q['seconds']:.2f} s) = "
+            name = "dense" if q["form"] == "obs" else "full-rank grid"
+            print(f"  {q['obs']} obs/day: auto ({match[0]['seconds']:.2f} s) / {name} ({q['seconds']:.2f} s) = "
                   f"{match[0]['seconds'] / q['seconds']:.2f}")
     if a.json:
         out = {"config": {k: v for k, v in vars(a).items()}, "slopes": slopes, "points": points,

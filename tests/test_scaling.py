@@ -10,6 +10,7 @@ import torch
 from latentda.da import assimilate
 from latentda.da.cost import LatentCost
 from latentda.da.ensemble import RepresentationError
+from latentda.da.lowrank import RANK_TOL
 from latentda.da.obs_covariance import (DenseCovariance, GridCovariance, choose_form, observation_covariance,
                                         signed_inner, signed_quad)
 from latentda.grid import Grid
@@ -36,13 +37,15 @@ def _setup(n_modes: int, n: int = 60, poles: bool = True):
     return grid, rep, op, sigma
 
 
-@pytest.mark.parametrize("n_modes", [0, 4])
-def test_grid_woodbury_equals_dense_cholesky(n_modes):
-    """R⁻¹ r, rᵀ R⁻¹ r, aᵀ R⁻¹ b and the eta increment of the grid (Woodbury) form equal the dense form's."""
+@pytest.mark.parametrize("n_modes,rank_tol", [(0, 0.0), (4, 0.0), (0, RANK_TOL), (4, RANK_TOL)])
+def test_grid_woodbury_equals_dense_cholesky(n_modes, rank_tol):
+    """R⁻¹ r, rᵀ R⁻¹ r, aᵀ R⁻¹ b and the eta increment of the grid (Woodbury) form equal those of a float64
+    reference of its own model (full rank: S Sᵀ; truncated: Ŝ Ŝᵀ) to round-off, and the dense form's to 1e-4."""
     _, rep, op, sigma = _setup(n_modes)
-    dense, grid = DenseCovariance(rep, op, sigma), GridCovariance(rep, op, sigma)
-    # float64 reference R = R_o + H (D S Sᵀ D + M Mᵀ) Hᵀ from the dense smoother matrix
-    S = torch.as_tensor(rep.smoother.matrix())
+    dense, grid = DenseCovariance(rep, op, sigma), GridCovariance(rep, op, sigma, rank_tol)
+    assert grid.lowrank.rank < 8 * 16 if rank_tol else grid.lowrank.rank == 8 * 16
+    # float64 reference R = R_o + H (D S Sᵀ D + M Mᵀ) Hᵀ from the dense (full or truncated) smoother matrix
+    S = grid.lowrank.matrix()
     DS = torch.block_diag(*[rep.amplitude[c].double().reshape(-1, 1) * S for c in range(2)])
     B = DS @ DS.T
     if n_modes:

@@ -209,8 +209,12 @@ class RepresentationError:
             if white_modes is None or white_modes.shape != (white.shape[0], self.n_modes):
                 raise ValueError(f"white_modes must be ({white.shape[0]}, {self.n_modes}) with residual modes, got "
                                  f"{None if white_modes is None else tuple(white_modes.shape)}")
-            eta = eta + torch.einsum("bk,kcij->bcij", white_modes.to(self.modes.dtype), self.modes) * self.modes_scale
+            eta = eta + self.modes_field(white_modes)
         return eta
+
+    def modes_field(self, white_modes: torch.Tensor) -> torch.Tensor:
+        """M w_M (B, C, nlat, nlon) for mode weights w_M (B, k), in the dtype of the modes."""
+        return torch.einsum("bk,kcij->bcij", white_modes.to(self.modes.dtype), self.modes) * self.modes_scale
 
     def at_observations(self, operator: PointOperator, covariance: bool = True) -> ObsRepresentation:
         """G = H D S for ``operator`` (exact, pole rows included, via ``operator.to_sparse()``).

@@ -7,21 +7,26 @@ With the representation-error model of :mod:`latentda.da.ensemble` (eta = M w_M 
 ``"obs"`` form (few observations): R is formed densely, n × n, and Cholesky-factored, R = L Lᵀ: O(n² npts) to
 form, O(n³) to factor, O(n²) per member and cost evaluation. This is the original path, kept bit for bit.
 
-``"grid"`` form (many observations): Woodbury's identity in grid space, per channel c,
+``"grid"`` form (many observations): Woodbury's identity in grid space, per channel c, with the smoother in its
+rank-r factor S Sᵀ ≈ Ŝ Ŝᵀ (:mod:`latentda.da.lowrank`; ``rank_tol`` 1e-3 drops the eigenvalues of S Sᵀ below
+1e-6 of the largest, r ≈ 0.55 npts at 48 × 96; ``rank_tol=0`` is the full-rank form), G̃ = H D Ŝ (n × r):
 
-    (R_o + G Gᵀ)⁻¹ = R_o⁻¹ − R_o⁻¹ G P⁻¹ Gᵀ R_o⁻¹,   P = I + Sᵀ D (Hᵀ R_o⁻¹ H) D S = L_P L_Pᵀ  (npts × npts),
+    (R_o + G̃ G̃ᵀ)⁻¹ = R_o⁻¹ − R_o⁻¹ G̃ P⁻¹ G̃ᵀ R_o⁻¹,   P = I + Ŝᵀ D (Hᵀ R_o⁻¹ H) D Ŝ = L_P L_Pᵀ  (r × r),
 
-where Hᵀ R_o⁻¹ H is sparse (O(n) to form) and G is only ever applied as sparse H ∘ D ∘ S, so the cost is O(n)
-plus a size-npts factorisation independent of n; the residual modes enter by a second Woodbury step with the
-k × k capacitance C = I + Uᵀ R_b⁻¹ U, R_b = R_o + G Gᵀ.  The cost then needs the *signed* whitening
+where Hᵀ R_o⁻¹ H is sparse (O(n) to form) and G̃ is only ever applied as sparse H ∘ D ∘ Ŝ, so the cost is O(n)
+plus a size-r factorisation independent of n; the residual modes enter by a second Woodbury step with the
+k × k capacitance C = I + Uᵀ R_b⁻¹ U, R_b = R_o + G̃ G̃ᵀ.  The cost then needs the *signed* whitening
 
-    rᵀ R⁻¹ r = ‖R_o^{-½} r‖² − ‖L_P⁻¹ Gᵀ R_o⁻¹ r‖² − ‖L_C⁻¹ Uᵀ R_b⁻¹ r‖²,
+    rᵀ R⁻¹ r = ‖R_o^{-½} r‖² − ‖L_P⁻¹ G̃ᵀ R_o⁻¹ r‖² − ‖L_C⁻¹ Uᵀ R_b⁻¹ r‖²,
 
-returned by :meth:`GridCovariance.whiten` as :class:`Whitened` (plus, minus). Both forms give the same R⁻¹ to
-round-off (tests/test_scaling.py). :func:`choose_form` picks the form with the smaller estimated cost.
+returned by :meth:`GridCovariance.whiten` as :class:`Whitened` (plus, minus). The truncation changes R by at most
+the largest dropped eigenvalue times max D² (‖G Gᵀ − G̃ G̃ᵀ‖₂ ≤ λ_drop ‖H D‖₂²); with ``rank_tol=0`` both forms
+give the same R⁻¹ to round-off, with the default the same cost, analysis and spread to the tolerances of
+tests/test_scaling.py. :func:`choose_form` picks the form with the smaller estimated cost.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,12 +36,16 @@ import torch
 
 from ..obs.operator import PointOperator
 from .ensemble import RepresentationError
+from .lowrank import RANK_TOL, LowRankSmoother
 
 FORMS = ("auto", "obs", "grid")
 #: batched cost evaluations per day assumed by the flop model of :func:`choose_form` (a rough upper value)
 _EVALUATIONS = 30
-#: the grid form keeps about this many npts × npts float64 matrices alive while it is built
+#: the grid form keeps about this many npts × r float64 matrices alive while it is built
 _GRID_MATRICES = 5
+#: "auto" keeps the dense form up to this many observations per day (1,600 stations × 4 variables: every row of
+#: the README skill table keeps its path, bit for bit), whatever the flop model says
+AUTO_DENSE_MAX = 6400
 
 
 class Whitened(NamedTuple):
@@ -69,25 +78,27 @@ class FormChoice:
 
 
 def choose_form(n_per_channel: dict[int, int], npts: int, nlat: int, members: int, n_modes: int = 0,
-                form: str = "auto", memory_bytes: float = 4e9) -> FormChoice:
+                form: str = "auto", memory_bytes: float = 4e9, rank: int | None = None) -> FormChoice:
     """Pick "obs" or "grid" for R (see module docstring) from a flop model of one analysed day.
 
     ``n_per_channel``: observations per channel; ``npts`` = nlat·nlon; ``members``; ``n_modes`` k;
     ``form``: "auto" (the cheaper), "obs" or "grid" (forced); ``memory_bytes``: the grid form is only chosen
-    automatically if its ~5 npts² float64 work matrices fit.
-    obs:  Σ_c 2 n_c² npts + n³/3 + 2 E M n²;   grid: C (npts³/3 + 4 nlat npts²) + 4 E M C npts²  (E = 30).
+    automatically if its ~5 npts·r float64 work matrices fit; ``rank``: r of the truncated smoother (default npts).
+    "auto" keeps the dense form up to :data:`AUTO_DENSE_MAX` observations whatever the model says.
+    obs:  Σ_c 2 n_c² npts + n³/3 + 2 E M n²;   grid: C (r³/3 + 4 nlat npts r) + 4 E M C r²  (E = 30).
     """
     if form not in FORMS:
         raise ValueError(f"covariance form {form!r}; use one of {list(FORMS)}")
+    r = npts if rank is None else int(rank)
     n = sum(n_per_channel.values())
     nc = len(n_per_channel)
     f_obs = (sum(2.0 * m * m * npts for m in n_per_channel.values()) + n ** 3 / 3.0
              + 2.0 * _EVALUATIONS * members * n * n + 2.0 * n * n * n_modes)
-    f_grid = (nc * (npts ** 3 / 3.0 + 4.0 * nlat * npts ** 2) + 4.0 * _EVALUATIONS * members * nc * npts ** 2
-              * (2 if n_modes else 1) + 4.0 * nc * npts ** 2 * n_modes)
+    f_grid = (nc * (r ** 3 / 3.0 + 4.0 * nlat * npts * r) + 4.0 * _EVALUATIONS * members * nc * r ** 2
+              * (2 if n_modes else 1) + 4.0 * nc * r ** 2 * n_modes)
     if form == "auto":
-        fits = _GRID_MATRICES * 8.0 * npts ** 2 <= memory_bytes
-        form = "grid" if (fits and f_grid < f_obs) else "obs"
+        fits = _GRID_MATRICES * 8.0 * npts * r <= memory_bytes
+        form = "grid" if (fits and n > AUTO_DENSE_MAX and f_grid < f_obs) else "obs"
     return FormChoice(form, f_obs, f_grid)
 
 
@@ -138,16 +149,18 @@ class DenseCovariance(CholeskyCovariance):
 
 
 class GridCovariance:
-    """The "grid" form (module docstring): Woodbury per channel with P = I + Sᵀ D Hᵀ R_o⁻¹ H D S (npts × npts).
+    """The "grid" form (module docstring): Woodbury per channel with P = I + Ŝᵀ D Hᵀ R_o⁻¹ H D Ŝ (r × r).
 
     ``rep``: the representation-error model; ``operator``: H of the used observations; ``sigma`` (n,) their
-    error std (physical units). Building costs O(n) + O(C (npts³/3 + nlat npts²)); memory O(npts²), none O(n²)
-    or O(n·npts). Work is float64 on ``rep.amplitude.device``.
+    error std (physical units); ``rank_tol``: the smoother's relative singular-value cut (:mod:`latentda.da.lowrank`,
+    0: full rank). Building costs O(n) + O(C (r³/3 + nlat npts r)); memory O(npts r + C r²), none O(n²) or
+    O(n·npts). Work is float64 on ``rep.amplitude.device``.
     """
 
     form = "grid"
 
-    def __init__(self, rep: RepresentationError, operator: PointOperator, sigma: np.ndarray) -> None:
+    def __init__(self, rep: RepresentationError, operator: PointOperator, sigma: np.ndarray,
+                 rank_tol: float = RANK_TOL) -> None:
         self.rep, self.operator = rep, operator
         dev = rep.amplitude.device
         nlat, nlon = rep.grid.shape
@@ -164,19 +177,18 @@ class GridCovariance:
                                            device=dev, check_invariants=True).coalesce()
         self.channels = [int(c) for c in np.unique(operator.channel)]
         self.D = rep.amplitude.double()  # (C, nlat, nlon)
-        smat = rep.smoother.matrix().cpu()  # S (npts, npts) float64
+        self.lowrank = LowRankSmoother(rep.smoother, rank_tol)
+        r = self.lowrank.rank
+        shat = self.lowrank.matrix()  # Ŝ (npts, r) float64
         winv = sp.diags(1.0 / sig ** 2)
-        self._chol = torch.empty((len(self.channels), npts, npts), dtype=torch.float64, device=dev)
+        self._chol = torch.empty((len(self.channels), r, r), dtype=torch.float64, device=dev)
         for idx, c in enumerate(self.channels):
-            hc = hs[:, c * npts:(c + 1) * npts]
-            d = self.D[c].reshape(-1, 1).cpu()
-            k = (hc.T @ winv @ hc).tocsr()  # Hᵀ R_o⁻¹ H (npts, npts), sparse
-            y = torch.from_numpy(k @ (d * smat).numpy()).mul_(d)  # Y = D K D S
-            # (Sᵀ Y)ᵀ: the smoother's transpose on the rows of Yᵀ (contiguous fields, FFT along the last axis),
-            # O(nlat npts²) instead of npts³; P is symmetric, so this is P − I
-            p = rep.smoother.apply_transpose(y.T.contiguous().reshape(npts, nlat, nlon).to(dev)).reshape(npts, npts)
+            hd = hs[:, c * npts:(c + 1) * npts] @ sp.diags(self.D[c].reshape(-1).cpu().numpy())  # H D
+            y = _torch_csr((hd.T @ winv @ hd).tocsr(), dev) @ shat  # Y = (D Hᵀ R_o⁻¹ H D) Ŝ (npts, r)
+            # P − I = Ŝᵀ Y: Ŝᵀ on the columns of Y as fields (an FFT and nlat × nlat products), O(nlat npts r)
+            p = self.lowrank.transpose_apply(y.T.contiguous().reshape(r, nlat, nlon))  # (r, r) = (Ŝᵀ Y)ᵀ
             del y
-            p.diagonal().add_(1.0)  # P = I + Sᵀ D K D S (cholesky reads its lower triangle)
+            p.diagonal().add_(1.0)  # P = I + Ŝᵀ D K D Ŝ, symmetric (cholesky reads its lower triangle)
             torch.linalg.cholesky(p, out=self._chol[idx])
             del p
         self._chan_idx = torch.as_tensor(self.channels, device=dev)
@@ -188,22 +200,23 @@ class GridCovariance:
             cap = torch.eye(self.n_modes, dtype=torch.float64, device=dev) + self.U.T @ self._rb_u
             self._chol_c = torch.linalg.cholesky(0.5 * (cap + cap.T))
 
-    # -- sparse H ∘ D ∘ S and its transpose -------------------------------------------------------------------
+    # -- sparse H ∘ D ∘ Ŝ and its transpose -------------------------------------------------------------------
     def _gt(self, v: torch.Tensor) -> torch.Tensor:
-        """Gᵀ v = Sᵀ D Hᵀ v per used channel: v (B, n) -> (Cu, npts, B)."""
+        """Gᵀ v = Ŝᵀ D Hᵀ v per used channel: v (B, n) -> (Cu, r, B)."""
         C, nlat, nlon = self.shape
         hv = torch.sparse.mm(self._ht, v.T).T.reshape(-1, C, nlat, nlon)  # Hᵀ v on the grid
-        t = self.rep.smoother.apply_transpose(self.D[self._chan_idx] * hv[:, self._chan_idx])
-        return t.reshape(v.shape[0], len(self.channels), -1).permute(1, 2, 0)
+        t = self.lowrank.transpose_apply(self.D[self._chan_idx] * hv[:, self._chan_idx])  # (B, Cu, r)
+        return t.permute(1, 2, 0)
+
+    def _field(self, x: torch.Tensor) -> torch.Tensor:
+        """D ⊙ Ŝ x on every channel (zero on the unused ones): x (Cu, r, B) -> (B, C, nlat, nlon) float64."""
+        C, nlat, nlon = self.shape
+        field = torch.zeros((x.shape[-1], C, nlat, nlon), dtype=torch.float64, device=x.device)
+        return field.index_copy(1, self._chan_idx, self.D[self._chan_idx] * self.lowrank.apply(x.permute(2, 0, 1)))
 
     def _g(self, x: torch.Tensor) -> torch.Tensor:
-        """G x = H D S x: x (Cu, npts, B) -> (B, n)."""
-        C, nlat, nlon = self.shape
-        B = x.shape[-1]
-        field = torch.zeros((B, C, nlat, nlon), dtype=torch.float64, device=x.device)
-        xs = x.permute(2, 0, 1).reshape(B, len(self.channels), nlat, nlon)
-        field = field.index_copy(1, self._chan_idx, self.D[self._chan_idx] * self.rep.smoother.apply(xs))
-        return self.operator.apply_torch(field)
+        """G x = H D Ŝ x: x (Cu, r, B) -> (B, n)."""
+        return self.operator.apply_torch(self._field(x))
 
     def _whiten_base(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(R_o^{-½} r, L_P⁻¹ Gᵀ R_o⁻¹ r (Cu, npts, B), R_o⁻¹ r) for r (B, n) float64."""
@@ -237,22 +250,31 @@ class GridCovariance:
         return rb
 
     def increment(self, v: torch.Tensor) -> torch.Tensor:
-        """B_eta Hᵀ v = M (H M)ᵀ v + D ⊙ S Gᵀ v for weights v (B, n) -> (B, C, nlat, nlon), dtype of v."""
-        C, nlat, nlon = self.shape
-        B = v.shape[0]
-        gt = self._gt(v.double()).permute(2, 0, 1).reshape(B, len(self.channels), nlat, nlon)
-        dw = torch.zeros((B, C, nlat, nlon), dtype=v.dtype, device=v.device)
-        dw[:, self._chan_idx] = gt.to(v.dtype)
-        dm = None if not self.n_modes else (v.double() @ self.U).to(v.dtype)
-        return self.rep.sample(dw, dm)
+        """B̃_eta Hᵀ v = M (H M)ᵀ v + D ⊙ Ŝ Gᵀ v for weights v (B, n) -> (B, C, nlat, nlon), dtype of v."""
+        eta = self._field(self._gt(v.double())).to(v.dtype)
+        if self.n_modes:
+            eta = eta + self.rep.modes_field((v.double() @ self.U).to(v.dtype)).to(v.dtype)
+        return eta
+
+
+def _torch_csr(m: sp.csr_matrix, device) -> torch.Tensor:
+    """A scipy CSR matrix as a float64 torch sparse CSR tensor (its product with a dense matrix is ~3x faster)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.int64),
+                                       torch.as_tensor(m.indices, dtype=torch.int64),
+                                       torch.as_tensor(m.data, dtype=torch.float64), size=m.shape,
+                                       device=device, check_invariants=True)
 
 
 def observation_covariance(rep: RepresentationError, operator: PointOperator, sigma: np.ndarray, members: int,
-                           form: str = "auto") -> DenseCovariance | GridCovariance:
-    """R for ``operator``'s observations with error std ``sigma`` (n,), in the form :func:`choose_form` picks."""
+                           form: str = "auto", rank_tol: float = RANK_TOL) -> DenseCovariance | GridCovariance:
+    """R for ``operator``'s observations with error std ``sigma`` (n,), in the form :func:`choose_form` picks
+    (``rank_tol``: the grid form's smoother truncation, :mod:`latentda.da.lowrank`)."""
     nlat, nlon = rep.grid.shape
     counts = {int(c): int(k) for c, k in zip(*np.unique(operator.channel, return_counts=True))}
-    choice = choose_form(counts, nlat * nlon, nlat, members, rep.n_modes, form)
+    rank = LowRankSmoother(rep.smoother, rank_tol).rank if form != "obs" else None
+    choice = choose_form(counts, nlat * nlon, nlat, members, rep.n_modes, form, rank=rank)
     if choice.form == "grid":
-        return GridCovariance(rep, operator, sigma)
+        return GridCovariance(rep, operator, sigma, rank_tol)
     return DenseCovariance(rep, operator, sigma)

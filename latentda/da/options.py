@@ -48,6 +48,10 @@ class AssimilationOptions(BaseModel):
         "fail", description="a day whose observations are present but all rejected by QC: 'fail' (raise "
                             "AllObservationsRejected, the QC reasons counted) or 'prior' (the prior ensemble, "
                             "no_obs=1)")
+    covariance_rank_tol: float = Field(
+        1e-3, ge=0, lt=1, description="grid form: drop singular values of the smoother S below this fraction of "
+                                      "the largest (eigenvalues of S S^T below its square; 0: full rank; "
+                                      "latentda.da.lowrank)")
 
     @field_validator("qc_threshold")
     @classmethod

@@ -150,13 +150,16 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
         Unknown options raise ValueError.
 
         ``covariance_form``: how R = R_o + G Gᵀ is handled (:mod:`latentda.da.obs_covariance`): "obs" (dense
-        n × n Cholesky, the original path), "grid" (Woodbury in grid space: O(n) plus one npts × npts Cholesky
-        per channel), "auto" (default: the cheaper by a flop model; both agree to round-off).
+        n × n Cholesky, the original path), "grid" (Woodbury in grid space: O(n) plus one r × r Cholesky
+        per channel), "auto" (default: the cheaper by a flop model, and "obs" up to 6,400 observations);
+        ``covariance_rank_tol``: the grid form's cut on the smoother's singular values (default 1e-3: eigenvalues
+        of S Sᵀ below 1e-6 of the largest dropped, r ≈ 0.55 npts at 48 × 96; 0: full rank, r = npts, equal to
+        the dense form to round-off; :mod:`latentda.da.lowrank`).
 
     Cost and memory: besides the decoder passes, "obs": O(n²) memory and O(n³) time for the Cholesky factor of
-    R and O(n · nlat · nlon) for Gᵀ (n used observations); "grid": O(n) + O(C npts³) time, O(C npts²) memory,
-    independent of n (npts = nlat · nlon). "auto" follows the flop model of ``choose_form`` (48 x 96, 4 variables,
-    32 members: "grid" from about 8,400 observations per day; never where ~5 npts² float64 exceed 4 GB).
+    R and O(n · nlat · nlon) for Gᵀ (n used observations); "grid": O(n) + O(C r³) time, O(npts r + C r²) memory,
+    independent of n (npts = nlat · nlon). "auto" follows the flop model of ``choose_form`` above 6,400
+    observations (48 x 96, 4 variables, 32 members: "grid" from 6,401; never where ~5 npts·r float64 exceed 4 GB).
 
     Returns
     -------
@@ -304,7 +307,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     rcov = None
     if rep is not None:
         # built from the used rows only, so rejected rows cannot change a single bit of the analysis
-        rcov = observation_covariance(rep, op, sig64, members, opts.covariance_form)
+        rcov = observation_covariance(rep, op, sig64, members, opts.covariance_form, opts.covariance_rank_tol)
     with torch.no_grad():
         # ỹ_m = y + eps_o,m − G w_p,m (eta_p = 0 without representation error), float64
         target = (torch.as_tensor(y64, device=dev) + eps.double() - op.apply_torch(eta_p).double())
