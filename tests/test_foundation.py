@@ -275,3 +275,13 @@ def test_sample_observations_reproducible_per_day():
     assert 0.8 < resid.std() < 1.2  # DEFAULT_ERRORS: 1 K
     with pytest.raises(KeyError, match="nope"):
         stations.sample_observations(ds, net, ["nope"])
+
+
+def test_errors_beyond_float32_are_rejected_as_bad_error():
+    """The assimilation works in float32: an error whose 1/sigma^2 overflows or vanishes there is a bad_error (a
+    fuzzed table with error 1e148 once gave a NaN analysis)."""
+    t = pd.DataFrame({"time": ["2005-01-02"] * 5, "lat": [0.0] * 5, "lon": [1.0, 2, 3, 4, 5],
+                      "value": [1.0] * 5, "error": [1e148, 1e20, 1e-25, 1.0, 1e6],
+                      "station_id": list("abcde"), "variable": ["air_temperature"] * 5})
+    out = validate_observations(t, ["air_temperature"])
+    assert list(out["qc"]) == ["bad_error", "bad_error", "bad_error", "", ""]

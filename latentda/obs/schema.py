@@ -23,7 +23,7 @@ QC_REASONS = {
     "nonfinite_coordinate": "lat or lon is NaN or infinite",
     "lat_out_of_range": "latitude outside [-90, 90]",
     "lon_out_of_range": "longitude outside [-360, 720] (taken modulo 360 only within that range)",
-    "bad_error": "error standard deviation is not a finite positive number",
+    "bad_error": "error standard deviation is not a finite positive number (representable in float32)",
     "unknown_variable": "variable is not one the prior knows",
     "duplicate": "same time, place and variable as an earlier row",
     "gross_departure": "departure from the prior ensemble mean beyond the QC threshold",
@@ -89,9 +89,11 @@ def validate_observations(df: pd.DataFrame, variables: Iterable[str] | None = No
     mark(~np.isfinite(numeric["value"].values), "nonfinite_value")
     err = numeric["error"].values
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        # 1/sigma^2 must be a finite positive weight: huge or tiny errors would overflow the cost
+        # 1/sigma^2 must be a finite positive weight in float32, the precision the assimilation works in: huge or
+        # tiny errors (beyond about 1e19 or below 1e-19 of the value's units) would overflow or vanish there
         weight = 1.0 / err**2
-    mark(~np.isfinite(err) | (err <= 0) | ~np.isfinite(weight) | (weight <= 0), "bad_error")
+    f32 = np.finfo(np.float32)
+    mark(~np.isfinite(err) | (err <= 0) | ~(weight < f32.max) | ~(weight > f32.tiny), "bad_error")
     if variables is not None:
         mark(~out["variable"].isin(variables).values, "unknown_variable")
     if "time" in out.columns:
