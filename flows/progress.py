@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 log = logging.getLogger(__name__)
 
@@ -13,8 +14,12 @@ class DayProgress:
     finish; the bar is shown when ``bar`` is true. Failed days count as finished (they are reported separately).
     """
 
+    #: Seconds between two updates of the Prefect artifact (each is a call to the API; the last day always updates).
+    ARTIFACT_INTERVAL_S = 2.0
+
     def __init__(self, total: int, bar: bool = True) -> None:
         self.total, self.done, self.failed = int(total), 0, 0
+        self._last_update = 0.0
         self._bar = None
         self._artifact = None
         if bar and total:
@@ -42,7 +47,10 @@ class DayProgress:
             self._bar.update(1)
             if self.failed:
                 self._bar.set_postfix(failed=self.failed)
-        if self._artifact is not None:
+        now = time.monotonic()
+        due = self.done == self.total or now - self._last_update >= self.ARTIFACT_INTERVAL_S
+        if self._artifact is not None and due:
+            self._last_update = now
             try:
                 from prefect.artifacts import update_progress_artifact
 
