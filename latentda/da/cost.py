@@ -12,6 +12,8 @@ R = R_o + Cov(H eta) is a full matrix and L its Cholesky factor (see :mod:`laten
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..obs.operator import PointOperator
@@ -43,6 +45,15 @@ class LatentCost:
         self.z_prior, self.target = z_prior, target.double()
         self.sigma = None if sigma is None else sigma.double()
         self.chol = None if chol is None else chol.double()
+
+    def with_members(self, z_prior: torch.Tensor, target: torch.Tensor) -> "LatentCost":
+        """The same cost (generator, operator, R) for other prior draws ``z_prior`` (b, d) and targets (b, n)."""
+        if target.shape != (z_prior.shape[0], self.operator.nobs):
+            raise ValueError(f"target must be (members, nobs) = ({z_prior.shape[0]}, {self.operator.nobs}), "
+                             f"got {tuple(target.shape)}")
+        out = copy.copy(self)
+        out.z_prior, out.target = z_prior, target.double()
+        return out
 
     def fields(self, z: torch.Tensor) -> torch.Tensor:
         """g(z): (B, d) -> (B, C, nlat, nlon) physical units."""

@@ -141,6 +141,78 @@ def _length_scale(prior, grid, opts) -> float:
     return float(L)
 
 
+def representation_error(prior, std: torch.Tensor, opts: dict[str, Any]
+                         ) -> tuple[RepresentationError | None, float | None]:
+    """The representation-error model eta of one day (``std``: s(d) (C, nlat, nlon) on the prior's device) and its
+    length scale L in km; (None, None) for ``representation_error="none"``."""
+    C, (nlat, nlon) = len(prior.variables), prior.grid.shape
+    if np.shape(prior.recon_std) != (C, nlat, nlon):
+        raise ValueError(f"prior.recon_std has shape {np.shape(prior.recon_std)}, expected {(C, nlat, nlon)}")
+    if opts["representation_error"] == "none":
+        return None, None
+    length_km = _length_scale(prior, prior.grid, opts)
+    scale = float(opts["repr_scale"])
+    if opts["residual_modes"] and getattr(prior, "recon_modes", None) is not None:
+        rest_np, modes, columns = prior.residual_model()  # cached on the prior
+    else:
+        rest_np, modes, columns = remainder_std(prior.recon_std, None), None, None
+    rest = torch.as_tensor(rest_np, dtype=torch.float32, device=std.device)
+    return RepresentationError(prior.grid, scale * rest * std, length_km, modes=modes,
+                               modes_scale=None if modes is None else scale * std, modes_columns=columns), length_km
+
+
+def reject_gross(table: pd.DataFrame, usable: np.ndarray, op: PointOperator, xg_all: torch.Tensor, std: torch.Tensor,
+                 rep: RepresentationError | None, k_qc: float, day) -> np.ndarray:
+    """Gross-departure check of the ``usable`` rows (operator ``op``) of one day against the prior draws ``xg_all``
+    (Q, C, nlat, nlon) physical: marks ``table`` and returns the rows that pass."""
+    y = table["value"].to_numpy(dtype=np.float64)[usable]
+    s2 = table["error"].to_numpy(dtype=np.float64)[usable] ** 2
+    with torch.no_grad():
+        hxg = op.apply_torch(xg_all).double().cpu().numpy()  # (Q, n)
+        clim_var = op.apply_torch((std ** 2)[None]).double().cpu().numpy()[0]  # H s(d)², (n,)
+    var_b = hxg.var(axis=0, ddof=1)
+    if rep is not None:
+        var_b = var_b + rep.variance_at_observations(op)
+    # floor: the climatological variance, which the standardised anomalies have by construction; a VAE
+    # prior is often under-dispersive and a check against its spread alone rejects good strong anomalies
+    var_b = np.maximum(var_b, clim_var)
+    dep = y - hxg.mean(axis=0)
+    gross = _qc.gross_departure_mask(dep, s2, var_b, k_qc)
+    _qc.mark(table, usable, gross, "gross_departure")
+    if gross.any():
+        log.info("%s: %d gross departure(s) rejected (k=%g)", pd.Timestamp(day).date(), int(gross.sum()), k_qc)
+    return usable[~gross]
+
+
+def solve_members(cost: LatentCost, y64: np.ndarray, max_iter: int, tol: float, opts: dict[str, Any], day):
+    """Minimise every member's cost J_m (module docstring). With ``opts["precondition"]``: first the posterior mode
+    ẑ of the unperturbed cost (z_p = 0, ỹ = ``y64``), then the Gauss-Newton inverse Hessian at ẑ as the solver's
+    H_0 and linearised member starts. Returns (:class:`~latentda.da.solver.SolverResult`, mode-solve iterations)."""
+    z_p, dev = cost.z_prior, cost.z_prior.device
+    solve = dict(max_iter=int(max_iter), tol=float(tol), ftol=opts["ftol"], history=opts["history"],
+                 max_linesearch=opts["max_linesearch"], adam_steps=opts["adam_steps"], adam_lr=opts["adam_lr"])
+    h0, z0, mode_iterations = None, z_p, 0
+    if opts["precondition"]:
+        # 1) posterior mode ẑ of the unperturbed problem (z_p = 0, ỹ = y): one cheap single-member solve
+        zero = torch.zeros((1, z_p.shape[1]), device=dev)
+        cost0 = cost.with_members(zero, torch.as_tensor(y64[None], device=dev))
+        r0 = minimize_batched(cost0.value_and_grad, zero, **solve)
+        z_hat, mode_iterations = r0.z[0], int(r0.iterations[0])
+        # 2) Gauss-Newton (Laplace) inverse Hessian at ẑ, shared by all members as the solver's H_0
+        h0, hz_hat, w = cost.linearise(z_hat)
+        if bool(torch.isfinite(h0).all()):
+            # 3) each member starts at its linearised RTO solution, or at z_p,m where that is better
+            z_lin = cost.linearised_solution(z_hat, h0, hz_hat, w)
+            with torch.no_grad():
+                better = cost(z_lin) < cost(z_p)  # False where z_lin is not finite
+            z0 = torch.where(better[:, None], z_lin, z_p)
+        else:
+            log.warning("%s: the Gauss-Newton preconditioner is not finite; plain L-BFGS from z_p",
+                        pd.Timestamp(day).date())
+            h0 = None
+    return minimize_batched(cost.value_and_grad, z0, h0=h0, **solve), mode_iterations
+
+
 def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed: int = 0, *,
                keep_members: bool = False, qc_threshold: float = 5.0, max_iter: int = 200, tol: float = 0.1,
                default_error: float | dict | None = None, **options) -> xr.Dataset:
@@ -214,19 +286,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     mean, std = prior.climatology_tensors(day)
     mean = mean.to(dev, torch.float32)
     std = std.to(dev, torch.float32)
-    if np.shape(prior.recon_std) != (C, nlat, nlon):
-        raise ValueError(f"prior.recon_std has shape {np.shape(prior.recon_std)}, expected {(C, nlat, nlon)}")
-    length_km = _length_scale(prior, grid, opts) if mode != "none" else None
-    rep = None
-    if mode != "none":
-        scale = float(opts["repr_scale"])
-        if opts["residual_modes"] and getattr(prior, "recon_modes", None) is not None:
-            rest_np, modes, columns = prior.residual_model()  # cached on the prior
-        else:
-            rest_np, modes, columns = remainder_std(prior.recon_std, None), None, None
-        rest = torch.as_tensor(rest_np, dtype=torch.float32, device=dev)
-        rep = RepresentationError(grid, scale * rest * std, length_km, modes=modes,
-                                  modes_scale=None if modes is None else scale * std, modes_columns=columns)
+    rep, length_km = representation_error(prior, std, opts)
 
     # -- observations usable after schema QC ------------------------------------------------------------------
     usable = np.nonzero(table["qc"].to_numpy() == QC_OK)[0]
@@ -256,24 +316,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
 
     # -- gross-departure check against the prior ---------------------------------------------------------------
     if usable.size:
-        op = build(usable)
-        y = table["value"].to_numpy(dtype=np.float64)[usable]
-        s2 = table["error"].to_numpy(dtype=np.float64)[usable] ** 2
-        with torch.no_grad():
-            hxg = op.apply_torch(xg_all).double().cpu().numpy()  # (Q, n)
-            clim_var = op.apply_torch((std ** 2)[None]).double().cpu().numpy()[0]  # H s(d)², (n,)
-        var_b = hxg.var(axis=0, ddof=1)
-        if rep is not None:
-            var_b = var_b + rep.variance_at_observations(op)
-        # floor: the climatological variance, which the standardised anomalies have by construction; a VAE
-        # prior is often under-dispersive and a check against its spread alone rejects good strong anomalies
-        var_b = np.maximum(var_b, clim_var)
-        dep = y - hxg.mean(axis=0)
-        gross = _qc.gross_departure_mask(dep, s2, var_b, k_qc)
-        _qc.mark(table, usable, gross, "gross_departure")
-        if gross.any():
-            log.info("%s: %d gross departure(s) rejected (k=%g)", day.date(), int(gross.sum()), k_qc)
-        usable = usable[~gross]
+        usable = reject_gross(table, usable, build(usable), xg_all, std, rep, k_qc, day)
 
     counts = _qc.qc_counts(table)
     attrs = {"version": __version__, "prior_checksum": prior.checksum(), "members": members, "seed": int(seed),
@@ -312,28 +355,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
         target = (torch.as_tensor(y64, device=dev) + eps.double() - op.apply_torch(eta_p).double())
 
     cost = LatentCost(prior, op, mean, std, z_p, target, sigma=None if chol is not None else sigma, chol=chol)
-    solve = dict(max_iter=int(max_iter), tol=float(tol), ftol=opts["ftol"], history=opts["history"],
-                 max_linesearch=opts["max_linesearch"], adam_steps=opts["adam_steps"], adam_lr=opts["adam_lr"])
-    h0, z0, mode_iterations = None, z_p, 0
-    if opts["precondition"]:
-        # 1) posterior mode ẑ of the unperturbed problem (z_p = 0, ỹ = y): one cheap single-member solve
-        obs_term = dict(sigma=None, chol=chol) if chol is not None else dict(sigma=sigma)
-        zero = torch.zeros((1, d), device=dev)
-        cost0 = LatentCost(prior, op, mean, std, zero, torch.as_tensor(y64[None], device=dev), **obs_term)
-        r0 = minimize_batched(cost0.value_and_grad, zero, **solve)
-        z_hat, mode_iterations = r0.z[0], int(r0.iterations[0])
-        # 2) Gauss-Newton (Laplace) inverse Hessian at ẑ, shared by all members as the solver's H_0
-        h0, hz_hat, w = cost.linearise(z_hat)
-        if bool(torch.isfinite(h0).all()):
-            # 3) each member starts at its linearised RTO solution, or at z_p,m where that is better
-            z_lin = cost.linearised_solution(z_hat, h0, hz_hat, w)
-            with torch.no_grad():
-                better = cost(z_lin) < cost(z_p)  # False where z_lin is not finite
-            z0 = torch.where(better[:, None], z_lin, z_p)
-        else:
-            log.warning("%s: the Gauss-Newton preconditioner is not finite; plain L-BFGS from z_p", day.date())
-            h0 = None
-    res = minimize_batched(cost.value_and_grad, z0, h0=h0, **solve)
+    res, mode_iterations = solve_members(cost, y64, max_iter, tol, opts, day)
 
     with torch.no_grad():
         xa = cost.fields(res.z)
