@@ -32,7 +32,7 @@ from ..analysis import analysis_dataset
 from ..eof import scaled_eofs
 from ..grid import Grid
 from ..obs.window import window_coverage, window_days
-from .common import (Background, check_members, climatology_fields, climatology_to_npz, clim_var_attrs, day_of,
+from .common import (Background, check_members, climatology_fields, climatology_to_npz, clim_var_attrs,
                      day_seed, diagnostics, prepare_observations, read_model_npz, training_anomalies)
 
 
@@ -105,8 +105,8 @@ def fit_smoother(train_fields: xr.Dataset, climatology: xr.Dataset, variables: S
     modes, lam = scaled_eofs(X, lambda lam: int(rank), mean=xbar, scale=1.0 / np.sqrt(S - 1))
     # coefficients with unit sample covariance: a = Σ⁻² Uᵀ (x − xbar) for modes = U Σ (per column)
     coef = ((X - xbar) @ modes) / lam[:rank]  # (S, r)
-    days = pd.DatetimeIndex(train_fields["time"].values).normalize()
-    pair = np.nonzero(np.diff(days.asi8) == 86_400_000_000_000)[0]
+    days = np.asarray(train_fields["time"].values, dtype="datetime64[D]")
+    pair = np.nonzero(np.diff(days) == np.timedelta64(1, "D"))[0]
     if pair.size < 2:
         raise ValueError("the training fields have fewer than 2 pairs of consecutive days")
     a0, a1 = coef[pair], coef[pair + 1]

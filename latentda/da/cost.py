@@ -91,18 +91,23 @@ class LatentCost:
         d = self.z_prior.shape[1]
         dev = self.z_prior.device
         z0 = torch.zeros(d, device=dev) if z0 is None else z0.reshape(d).to(dev, torch.float32)
-        eye = torch.eye(d, device=dev) * step
-        Z = z0 + eye
         with torch.no_grad():
-            a0 = self.prior.decode(z0[None])
-            hz0 = self.operator.apply_torch(a0 * self.std + self.mean)[0].double()
-            # differences of standardised anomalies (no cancellation of the climatological mean), then H(s ⊙ ·)
-            jt = torch.cat([self.operator.apply_torch((self.prior.decode(Z[k:k + chunk]) - a0) * self.std)
-                            for k in range(0, d, chunk)]) / step  # Jᵀ (d, n)
+            hz0, jt = self.jacobian_t(z0, step, chunk)
             w = self.whiten(jt)  # rows: (L⁻¹ J e_i)ᵀ -> (d, n)
         a = torch.eye(d, dtype=torch.float64, device=dev) + w @ w.T
         p = torch.linalg.inv(a)
         return (0.5 * (p + p.T)).to(torch.float32), hz0, w
+
+    def jacobian_t(self, z0: torch.Tensor, step: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H g(z0) (n,) float64, Jᵀ (d, n)) with J = ∂(H g)/∂z at ``z0`` (d,) by forward differences (no grad)."""
+        d = z0.shape[0]
+        Z = z0 + torch.eye(d, device=z0.device) * step
+        a0 = self.prior.decode(z0[None])
+        hz0 = self.operator.apply_torch(a0 * self.std + self.mean)[0].double()
+        # differences of standardised anomalies (no cancellation of the climatological mean), then H(s ⊙ ·)
+        jt = torch.cat([self.operator.apply_torch((self.prior.decode(Z[k:k + chunk]) - a0) * self.std)
+                        for k in range(0, d, chunk)]) / step  # Jᵀ (d, n)
+        return hz0, jt
 
     def gauss_newton_preconditioner(self, z0: torch.Tensor | None = None, step: float = 1e-2) -> torch.Tensor:
         """P = (I + Jᵀ R⁻¹ J)⁻¹ (d, d) at ``z0`` (default 0); see :meth:`linearise`."""

@@ -213,6 +213,18 @@ def solve_members(cost: LatentCost, y64: np.ndarray, max_iter: int, tol: float, 
     return minimize_batched(cost.value_and_grad, z0, h0=h0, **solve), mode_iterations
 
 
+def solution_diagnostics(op: PointOperator, xa: torch.Tensor, xb: torch.Tensor, y64: np.ndarray, sig64: np.ndarray,
+                         res) -> dict[str, float]:
+    """fit_before/fit_after (RMS of (y − H x̄)/sigma for the background and analysis means xb, xa (M, C', nlat,
+    nlon)), cost, iterations and converged_fraction of the solver result ``res``."""
+    with torch.no_grad():
+        hxa_mean = op.apply_torch(xa.mean(0, keepdim=True)).double().cpu().numpy()[0]
+        hxb_mean = op.apply_torch(xb.mean(0, keepdim=True)).double().cpu().numpy()[0]
+    return dict(fit_before=rms_departure(y64, hxb_mean, sig64), fit_after=rms_departure(y64, hxa_mean, sig64),
+                cost=float(res.cost.double().mean()), iterations=int(res.iterations.max(initial=0)),
+                converged_fraction=float(res.converged.mean()), no_obs=0)
+
+
 def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed: int = 0, *,
                keep_members: bool = False, qc_threshold: float = 5.0, max_iter: int = 200, tol: float = 0.1,
                default_error: float | dict | None = None, **options) -> xr.Dataset:
@@ -262,6 +274,8 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
     optional members and diagnostics; ``no_obs=1`` and the prior ensemble when no observation is usable.
     Work is float32 on ``prior.device``; on the CPU the same inputs give identical bytes.
     """
+    if getattr(prior, "window", 0):
+        prior.require_window("latentda.da.rto.assimilate (the per-day analysis)", window=False)
     opts = _check_options(members, seed, max_iter, tol, options)
     with _strict_float32(torch.device(prior.device)):
         return _assimilate(prior, observations, time, int(members), int(seed), keep_members=bool(keep_members),
@@ -363,11 +377,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
             resid = target - op.apply_torch(xa).double()  # ỹ_m − H g(z_m)
             v = torch.cholesky_solve(resid.T, chol).T.float()  # R⁻¹ (ỹ_m − H g(z_m))
             xa = xa + eta_p + rep.increment(obs_rep, v)
-        hxa_mean = op.apply_torch(xa.mean(0, keepdim=True)).double().cpu().numpy()[0]
-        hxb_mean = op.apply_torch(xb.mean(0, keepdim=True)).double().cpu().numpy()[0]
-    diag.update(fit_before=rms_departure(y64, hxb_mean, sig64), fit_after=rms_departure(y64, hxa_mean, sig64),
-                cost=float(res.cost.double().mean()), iterations=int(res.iterations.max(initial=0)),
-                converged_fraction=float(res.converged.mean()), no_obs=0)
+    diag.update(solution_diagnostics(op, xa, xb, y64, sig64, res))
     log.info("%s: %d obs used, %d rejected, fit %.3f -> %.3f, %d iterations (%d evaluations; mode %d), %.0f%% "
              "converged, %.2f s", day.date(), n, diag["obs_rejected"], diag["fit_before"], diag["fit_after"],
              diag["iterations"], res.evaluations, mode_iterations, 100 * diag["converged_fraction"],
