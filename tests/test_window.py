@@ -124,6 +124,8 @@ def test_window_and_day_priors_are_refused_by_the_other_caller(fields, window_pr
         rto.assimilate(window_prior, obs, day)
     with pytest.raises(ValueError, match=r"needs a window prior.*is a day prior \(window=0\)"):
         assimilate_window(tiny_prior(0), obs, day, window=2)
+    with pytest.raises(ValueError, match=r"needs a window prior.*is a day prior \(window=0\)"):
+        latentda.assimilate(tiny_prior(0), obs, day, window=1)
     with pytest.raises(ValueError, match="already is a window prior"):
         add_window(window_prior, fields, 2)
     with pytest.raises(ValueError, match="window=-1"):

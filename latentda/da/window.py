@@ -118,8 +118,9 @@ def window_operator(grid, lat, lon, channel, day_index, nchannels: int, days: in
 
 def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed: int = 0, **kwargs) -> xr.Dataset:
     """``latentda.assimilate``: the windowed analysis (:func:`assimilate_window`) for a window prior, the per-day
-    analysis (:func:`latentda.da.rto.assimilate`) for a day prior; same arguments and output layout."""
-    if getattr(prior, "window", 0):
+    analysis (:func:`latentda.da.rto.assimilate`) for a day prior; same arguments and output layout. An explicit
+    ``window=k`` goes to :func:`assimilate_window` (which refuses k >= 1 with a day prior)."""
+    if getattr(prior, "window", 0) or "window" in kwargs:
         return assimilate_window(prior, observations, time, members, seed, **kwargs)
     return rto.assimilate(prior, observations, time, members, seed, **kwargs)
 
