@@ -44,6 +44,10 @@ class AssimilationOptions(BaseModel):
     covariance_form: Literal["auto", "obs", "grid"] = Field(
         "auto", description="R = R_o + G G^T: 'obs' (dense n x n Cholesky), 'grid' (Woodbury in grid space, cost "
                             "independent of n), 'auto' (the cheaper; latentda.da.obs_covariance)")
+    window: StrictInt | None = Field(
+        None, ge=0, description="half-width k in days of the assimilation window [d - k, d + k] "
+                                "(latentda.da.window); None: the prior's (0 for a day prior, PriorConfig.window "
+                                "for a window prior); k >= 1 needs a window prior")
 
     @field_validator("qc_threshold")
     @classmethod
