@@ -17,8 +17,10 @@ through the decoder)::
 (each observation row against its own day), i.e. :class:`~latentda.da.cost.LatentCost` of the window generator
 ξ -> (g(z_{d−k}), ..., g(z_{d+k})) stacked as T·C channels with a block-diagonal R
 (:class:`~latentda.da.obs_covariance.BlockCovariance`: each day's R_t in the form ``covariance_form`` picks for that
-day); then the exact conditional update of every day's eta, and the centre day d is returned in the per-day layout. With k = 0 the window latent is
-the day latent and every step is the per-day one: the output is bit-identical to :func:`latentda.da.rto.assimilate`.
+day); then the exact conditional update of every day's eta, and the centre day d is returned in the per-day
+layout. With k = 0 the window latent is the day latent and every step is the per-day one (the day's own
+covariance object, the same helpers of :mod:`latentda.da.rto`): the output is bit-identical to
+:func:`latentda.da.rto.assimilate`.
 
 Cost: the decoder runs on T latents per member (T times the per-day work per iteration); the Gauss-Newton
 preconditioner differentiates each day's decoder separately (T (d + 1) decodes, not T (T d + 1)) and applies the
