@@ -21,7 +21,11 @@ Methods: ``climatology``, ``oi`` (optimal interpolation), ``tsvd`` (TSVD 3D-Var;
 ``tsvd_eq`` (TSVD 3D-Var truncated to the prior's latent dimension: Mack & Arcucci's comparison of the two
 reduced spaces at equal dimension),
 ``seed`` (Brohan 2022: Adam 0.05, <= 1000 steps, obs misfit only, ``--seed-restarts`` sequential restarts = the
-ensemble), ``latent`` (``latentda.assimilate(prior, obs, time, members=M, seed=s)``).
+ensemble), ``latent`` (``latentda.assimilate(prior, obs, time, members=M, seed=s)``); and the window methods, which
+also see the observations of the days d − k .. d + k (``--window`` k, default 1; days of 2005 only, so the first and
+last day use what exists): ``smoother`` (linear smoother: VAR(1) in ``--smoother-rank`` EOFs, window BLUE, analytic
+spread; ``latentda.baselines.linear_smoother``) and ``latent_window`` (the windowed latent analysis with a window
+prior: ``--window-prior PATH``, or ``latentda.prior.add_window`` fitted on the training years to the day prior).
 
 How to run (from the repository root)::
 
@@ -30,6 +34,7 @@ How to run (from the repository root)::
     .venv/bin/python bench/skill.py --prior prior.pt --out skill.json               # full benchmark
     .venv/bin/python bench/skill.py --days 12 --members 16 --sizes 25,400 --methods climatology,oi,latent
     .venv/bin/python bench/skill.py --quick --synthetic --threads 1   # stable timings on a busy machine
+    .venv/bin/python bench/skill.py --prior prior.pt --methods latent,smoother,latent_window --window 1
 
 ``--quick``: 3 evaluation days, sizes 25 and 400, 8 members and 3 seed-search restarts (the paper's 10 sequential
 restarts dominate the run time), a prior trained for at most ``--prior-minutes`` (default 3 in quick mode). Without
@@ -72,7 +77,8 @@ VARIABLES = ["air_temperature", "eastward_wind", "northward_wind", "surface_air_
 HEADLINE = "air_temperature"
 TRAIN = ("2000-01-01", "2004-12-31")
 HELDOUT = ("2005-01-01", "2005-12-31")
-ALL_METHODS = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent")
+ALL_METHODS = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent", "smoother", "latent_window")
+WINDOW_METHODS = ("smoother", "latent_window")
 
 
 # -- data and fitted models ----------------------------------------------------------------------------------------
@@ -208,11 +214,17 @@ def run_method(name: str, models: dict, obs: pd.DataFrame, day, args) -> xr.Data
     if name == "latent":
         return latentda.assimilate(models["prior"], obs, day, members=args.members, seed=args.seed,
                                    keep_members=True, **args.latent_options)
+    if name == "smoother":
+        return baselines.linear_smoother(models["smoother"], obs, day, members=args.members, seed=args.seed,
+                                         window=args.window)
+    if name == "latent_window":
+        return latentda.assimilate(models["window_prior"], obs, day, members=args.members, seed=args.seed,
+                                   keep_members=True, window=args.window, **args.latent_options)
     raise ValueError(f"unknown method {name!r}; choose from {ALL_METHODS}")
 
 
 def members_of(name: str, args) -> int:
-    return {"climatology": 0, "oi": 0, "seed": args.seed_restarts}.get(name, args.members)
+    return {"climatology": 0, "oi": 0, "smoother": 0, "seed": args.seed_restarts}.get(name, args.members)
 
 
 def format_table(records: list[dict]) -> str:
@@ -269,6 +281,11 @@ def parse_args(argv=None):
                    help="restarts of the seed search (default 10 as in the paper; 3 with --quick)")
     p.add_argument("--latent-options", type=json.loads, default={},
                    help='JSON dict of keyword options for latentda.assimilate, e.g. \'{"repr_scale": 1.2}\'')
+    p.add_argument("--window", type=int, default=1,
+                   help="half-width k (days) of the window methods smoother and latent_window")
+    p.add_argument("--window-prior", default=None,
+                   help="window prior checkpoint for latent_window (default: latentda.prior.add_window on the prior)")
+    p.add_argument("--smoother-rank", type=int, default=128, help="EOFs of the linear smoother's VAR(1)")
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--prior-epochs", type=int, default=None)
     p.add_argument("--prior-minutes", type=float, default=None)
@@ -314,7 +331,7 @@ def main(argv=None) -> dict:
 
     models: dict = {}
     info: dict = {}
-    need_prior = any(m in args.methods for m in ("seed", "latent", "tsvd_eq"))
+    need_prior = any(m in args.methods for m in ("seed", "latent", "tsvd_eq", "latent_window"))
     if need_prior:
         models["prior"], info["prior"] = train_or_load_prior(train, args)
         clim = models["prior"].climatology
@@ -323,6 +340,27 @@ def main(argv=None) -> dict:
     else:
         clim = fit_climatology(train, VARIABLES, args.harmonics)
     models["clim_bg"] = clim
+    if "latent_window" in args.methods:
+        t0 = _time.perf_counter()
+        if args.window_prior:
+            models["window_prior"] = latentda.load_prior(args.window_prior, device=args.device)
+        else:
+            from latentda.prior import add_window
+
+            models["window_prior"] = add_window(models["prior"], train, args.window)
+        info["window_prior"] = {"window": models["window_prior"].window, "source": args.window_prior or "add_window",
+                                "transition": models["window_prior"].transition.info,
+                                "seconds": round(_time.perf_counter() - t0, 1)}
+        print(f"window prior: ±{models['window_prior'].window} days, one-day latent R² "
+              f"{models['window_prior'].transition.info.get('one_day_r2', float('nan')):.3f}", flush=True)
+    if "smoother" in args.methods:
+        t0 = _time.perf_counter()
+        models["smoother"] = baselines.fit_smoother(train, clim, VARIABLES, rank=args.smoother_rank)
+        info["smoother"] = {"rank": args.smoother_rank, "window": args.window,
+                            "one_day_r2": models["smoother"].one_day_r2,
+                            "fit_seconds": round(_time.perf_counter() - t0, 1)}
+        print(f"smoother: VAR(1) in {args.smoother_rank} EOFs, one-day R² {models['smoother'].one_day_r2:.3f}",
+              flush=True)
     if "oi" in args.methods:
         t0 = _time.perf_counter()
         models["oi"] = baselines.fit_oi(train, clim, VARIABLES, seed=args.seed)
@@ -349,16 +387,24 @@ def main(argv=None) -> dict:
         print(f"tsvd_eq: {models['tsvd_eq'].truncation} modes (the latent dimension), "
               f"{models['tsvd_eq'].explained_variance:.3f} of the variance", flush=True)
 
+    # window methods also see the observations of d − k .. d + k (days of 2005 only: the record's edges use what
+    # exists); each day's pseudo-observations do not depend on which other days are sampled
+    k_obs = args.window if any(m in WINDOW_METHODS for m in args.methods) else 0
+    obs_days = pd.DatetimeIndex(sorted({pd.Timestamp(d) + pd.Timedelta(days=o) for d in days
+                                        for o in range(-k_obs, k_obs + 1)}))
+    obs_days = obs_days[obs_days.isin(pd.DatetimeIndex(heldout["time"].values))].values
     records = []
     for kind in args.kinds:
         for size in args.sizes:
             stations = network(kind, size, args.seed)
             obs_all = sample_observations(heldout, stations, VARIABLES, errors=DEFAULT_ERRORS, seed=args.seed,
-                                          times=days)
+                                          times=obs_days)
             for method in args.methods:
                 scores, secs, diags = [], [], []
                 for day in days:
-                    obs = obs_all[obs_all["time"] == pd.Timestamp(day)]
+                    k = args.window if method in WINDOW_METHODS else 0
+                    lo, hi = pd.Timestamp(day) - pd.Timedelta(days=k), pd.Timestamp(day) + pd.Timedelta(days=k)
+                    obs = obs_all[(obs_all["time"] >= lo) & (obs_all["time"] <= hi)]
                     t0 = _time.perf_counter()
                     out = run_method(method, models, obs, pd.Timestamp(day), args)
                     secs.append(_time.perf_counter() - t0)

@@ -7,7 +7,8 @@ Layout (the archive variables of ARCHITECTURE.md, for a single day)::
     <var>_members    (time=1, member, lat, lon)  only if keep_members
     obs_used, obs_rejected (time,) int; fit_before, fit_after (time,) float: RMS of (y - H(x)) / sigma over the
     used observations for the background (prior) mean and the analysis mean; cost, iterations (time,),
-    converged_fraction (time,), no_obs (time,) bool.
+    converged_fraction (time,), no_obs (time,) bool; windowed methods add window_days_observed and
+    obs_outside_window (time,) int (:data:`WINDOW_DIAGNOSTICS`).
 
 attrs: ``latentda:method``, ``latentda:qc`` (JSON counts per QC reason) and any method options.
 """
@@ -35,6 +36,13 @@ DIAG_ATTRS = {
     "iterations": {"long_name": "solver iterations", "units": "1"},
     "converged_fraction": {"long_name": "fraction of members whose solver converged", "units": "1"},
     "no_obs": {"long_name": "no usable observation: the analysis is the prior ensemble", "units": "1"},
+}
+
+#: Written only by windowed methods (latentda.da.window, baselines.smoother): coverage of [d − k, d + k].
+WINDOW_DIAGNOSTICS = {
+    "window_days_observed": {"long_name": "days of the assimilation window with observations", "units": "1"},
+    "obs_outside_window": {"long_name": "observations ignored because outside the assimilation window",
+                           "units": "1"},
 }
 
 
@@ -71,6 +79,9 @@ def analysis_dataset(members: np.ndarray, variables: Sequence[str], grid: Grid, 
         dtype = {"obs_used": np.int32, "obs_rejected": np.int32, "iterations": np.int32,
                  "no_obs": np.int8}.get(name, np.float32)
         data[name] = (("time",), np.array([val]).astype(dtype), DIAG_ATTRS[name])
+    for name, attrs_ in WINDOW_DIAGNOSTICS.items():
+        if name in diagnostics:
+            data[name] = (("time",), np.array([diagnostics[name]]).astype(np.int32), attrs_)
     coords = {"time": t, "lat": ("lat", grid.lat, {"units": "degrees_north", "standard_name": "latitude"}),
               "lon": ("lon", grid.lon, {"units": "degrees_east", "standard_name": "longitude"})}
     if keep_members:

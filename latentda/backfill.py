@@ -115,7 +115,7 @@ def assimilate_day(prior, observations: pd.DataFrame, day: Any, settings: DaySet
 
     With ``held_out`` (that day's held-out rows, possibly empty): ``(analysis, feedback)``, the feedback of every
     row of both tables (:mod:`latentda.feedback`); the analysis is the same bytes."""
-    from .da.rto import assimilate  # lazy: latentda.da.rto pulls in torch
+    from .da.window import assimilate  # lazy (torch); windowed for a window prior, per-day otherwise
 
     with torch_threads(settings.threads):
         return assimilate(prior, observations, to_days(day)[0], members=settings.members, seed=settings.seed,
@@ -187,7 +187,7 @@ def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], sett
         todo = days_needing_work(settings.url, todo, k, end_of_record, settings.storage_options)
     written = []
     for d in todo:
-        if settings.feedback:
+        if settings.feedback and not k:  # (no per-observation feedback of a windowed analysis yet)
             obs, held = split_holdout(observations_for_day(observations, d, window=k), settings.exclude_stations)
             ana, fb = assimilate_day(prior, obs, d, settings, held_out=held)
             feedback.write_day_feedback(settings.url, d, fb, settings.storage_options)  # before the done flag

@@ -360,6 +360,12 @@ def config_hash(cfg: RunConfig | Mapping[str, Any]) -> str:
     d = {k: v for k, v in d.items() if k not in HASH_EXCLUDE}
     if d.get("ingest") is None:
         d.pop("ingest", None)  # no ingestion steps: the hash of a config without them stays what it was
+    # no assimilation window (issue 9): likewise, the hash stays that of the config before windows existed
+    if isinstance(d.get("prior"), dict) and d["prior"].get("window") == 0:
+        d["prior"] = {k: v for k, v in d["prior"].items() if k != "window"}
+    options = (d.get("assimilation") or {}).get("options") if isinstance(d.get("assimilation"), dict) else None
+    if isinstance(options, dict) and options.get("window") is None:
+        d["assimilation"] = {**d["assimilation"], "options": {k: v for k, v in options.items() if k != "window"}}
     if isinstance(d.get("archive"), dict):
         d["archive"] = dict(d["archive"])
         d["archive"]["storage_options"] = redact_storage_options(d["archive"].get("storage_options"))

@@ -150,3 +150,68 @@ def synthetic_observations(fields: xr.Dataset, n: int = 50, seed: int = 0, time=
         errors = {v: float(error) for v in variables}
     times = None if time is None else pd.DatetimeIndex(np.atleast_1d(np.asarray(time, dtype="datetime64[ns]")))
     return sample_observations(fields, random_network(n, seed), variables, errors=errors, seed=seed, times=times)
+
+
+def linear_ar1_prior(rho: float = 0.8, latent_dim: int = 2, nlat: int = 8, nlon: int = 16, ndays: int = 3000,
+                     window: int = 1, seed: int = 0):
+    """A linear-Gaussian window-prior toy, FOR TESTS: returns (prior, z) with ``z`` (ndays, latent_dim) the true
+    latent series. Truth: z_{t+1} = rho z_t + sqrt(1 − rho²) e_t per component (unit variance), one variable
+    ``air_temperature`` x_t = Σ_i z_t,i P_i with fixed random unit patterns P (climatology 0, s = 1, so standardised
+    = physical). The prior's decoder is that linear map, its encoder the least-squares projection, and its latent
+    transition is fitted by :func:`latentda.prior.transition.fit_transition` on the series (the window prior
+    "trained" on the toy). It duck-types :class:`latentda.prior.Prior` for :mod:`latentda.da`."""
+    import hashlib
+
+    import torch
+
+    from .prior.checkpoint import Prior
+    from .prior.train import split_blocks
+    from .prior.transition import fit_transition
+
+    grid = Grid.regular(nlat, nlon)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 31]))
+    P = rng.standard_normal((latent_dim, 1, nlat, nlon))
+    P /= np.sqrt((P ** 2).mean(axis=(1, 2, 3), keepdims=True))
+    z = np.empty((ndays, latent_dim))
+    z[0] = rng.standard_normal(latent_dim)
+    for t in range(1, ndays):
+        z[t] = rho * z[t - 1] + np.sqrt(1 - rho ** 2) * rng.standard_normal(latent_dim)
+    Pt = torch.as_tensor(P.reshape(latent_dim, -1), dtype=torch.float32)
+    Pinv = torch.linalg.pinv(Pt)
+
+    class LinearPrior:
+        variables = ["air_temperature"]
+        var_attrs = {"air_temperature": {"units": "K"}}
+        device = torch.device("cpu")
+        recon_std = np.zeros((1, nlat, nlon), dtype=np.float32)
+        recon_modes = None
+        require_window = Prior.require_window
+
+        def __init__(self):
+            self.grid, self.latent_dim, self.patterns = grid, latent_dim, Pt
+            self.transition, self.window = None, 0
+
+        def decode(self, zz):
+            zz = torch.as_tensor(zz, dtype=torch.float32)
+            return (zz @ Pt).reshape(zz.shape[0], 1, nlat, nlon)
+
+        def encode(self, x):
+            mu = x.reshape(x.shape[0], -1).to(torch.float32) @ Pinv
+            return mu, torch.full_like(mu, -30.0)
+
+        def climatology_tensors(self, time):
+            return torch.zeros((1, nlat, nlon)), torch.ones((1, nlat, nlon))
+
+        def checksum(self):
+            h = hashlib.sha256(P.tobytes())
+            if self.transition is not None:
+                h.update(self.transition.A.tobytes())
+            return h.hexdigest()
+
+    prior = LinearPrior()
+    times = pd.date_range("2000-01-01", periods=ndays, freq="D").values
+    x = torch.as_tensor((z @ P.reshape(latent_dim, -1)).reshape(ndays, 1, nlat, nlon), dtype=torch.float32)
+    tr, va = split_blocks(ndays, 0.1, 8, seed)
+    prior.transition = fit_transition(prior.encode, x, times, tr, va, seed, samples=1)
+    prior.window = int(window)
+    return prior, z

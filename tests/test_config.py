@@ -156,6 +156,20 @@ def test_config_hash_stable_without_secrets_and_runtime_sections(tmp_path):
     assert config_hash(RunConfig.model_validate(_minimal(workdir="w"))) == load_config(p1).hash
 
 
+def test_config_hash_without_a_window_is_that_of_before_windows():
+    """PriorConfig.window = 0 and the option window = None (the defaults) leave the hash of a config as it was
+    before windows existed; choosing a window changes it."""
+    cfg = RunConfig.model_validate(_minimal())
+    before = cfg.model_dump(mode="json")
+    del before["prior"]["window"], before["assimilation"]["options"]["window"]
+    assert config_hash(before) == config_hash(cfg)
+    assert config_hash(RunConfig.model_validate(_minimal(prior={"window": 1}))) != config_hash(cfg)
+    windowed = _minimal(assimilation={"options": {"window": 0}})
+    assert config_hash(RunConfig.model_validate(windowed)) != config_hash(cfg)
+    with pytest.raises(ConfigError, match="window"):
+        config_from_dict(_minimal(prior={"window": -1}))
+
+
 def test_overrides_merge(tmp_path):
     p = _write(tmp_path, _minimal())
     cfg = load_config(p, {"assimilation": {"members": 12}, "cluster": {"n_workers": 3}})

@@ -12,6 +12,9 @@ Analyses, with the signature of ``latentda.assimilate``::
     optimal_interpolation(oi, observations, time, members=32, seed=0, **options)
     tsvd_3dvar(tsvd, observations, time, members=32, seed=0, **options)
     seed_search(prior, observations, time, members=10, seed=0, **options)   # Brohan (2022), 10 restarts
+    linear_smoother(smoother, observations, time, members=32, seed=0, window=1)  # VAR(1)-EOF window BLUE
+
+``smoother = fit_smoother(train_fields, climatology, variables, rank)`` fits the VAR(1) in EOF space.
 
 ``seed_search`` imports torch when called; the others need numpy/scipy/xarray only.
 """
@@ -19,12 +22,13 @@ from .climatology import climatology
 from .oi import (CORRELATION_MODELS, OIModel, correlation, empirical_correlation, fit_correlation, fit_oi, load_oi,
                  optimal_interpolation)
 from .seed_search import LossNotDecreasing, seed_search
+from .smoother import SmootherModel, fit_smoother, linear_smoother
 from .tsvd import TSVDModel, fit_tsvd, load_tsvd, tsvd_3dvar
 
 #: name -> analysis function, for benchmarks and flows.
 METHODS = {"climatology": climatology, "optimal_interpolation": optimal_interpolation, "tsvd_3dvar": tsvd_3dvar,
-           "seed_search": seed_search}
+           "seed_search": seed_search, "linear_smoother": linear_smoother}
 
 __all__ = ["climatology", "optimal_interpolation", "tsvd_3dvar", "seed_search", "fit_oi", "fit_tsvd", "load_oi",
            "load_tsvd", "OIModel", "TSVDModel", "CORRELATION_MODELS", "correlation", "empirical_correlation",
-           "fit_correlation", "LossNotDecreasing", "METHODS"]
+           "fit_correlation", "LossNotDecreasing", "METHODS", "SmootherModel", "fit_smoother", "linear_smoother"]

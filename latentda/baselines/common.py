@@ -29,7 +29,8 @@ from ..obs.operator import PointOperator
 from ..obs.schema import QC_OK, qc_summary, validate_observations
 
 #: Method tags mixed into the per-day seed so that methods do not share random streams.
-METHOD_TAGS = {"climatology": 1, "optimal_interpolation": 2, "tsvd_3dvar": 3, "seed_search": 4}
+METHOD_TAGS = {"climatology": 1, "optimal_interpolation": 2, "tsvd_3dvar": 3, "seed_search": 4,
+               "linear_smoother": 5}
 
 
 @dataclasses.dataclass(frozen=True)

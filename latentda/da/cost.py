@@ -14,6 +14,8 @@ observations, a Woodbury form whose whitening is signed, rᵀ R⁻¹ r = ‖u₊
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..obs.operator import PointOperator
@@ -51,6 +53,15 @@ class LatentCost:
             covariance = DiagonalCovariance(sigma) if sigma is not None else CholeskyCovariance(chol)
         self.covariance = covariance
 
+    def with_members(self, z_prior: torch.Tensor, target: torch.Tensor) -> "LatentCost":
+        """The same cost (generator, operator, R) for other prior draws ``z_prior`` (b, d) and targets (b, n)."""
+        if target.shape != (z_prior.shape[0], self.operator.nobs):
+            raise ValueError(f"target must be (members, nobs) = ({z_prior.shape[0]}, {self.operator.nobs}), "
+                             f"got {tuple(target.shape)}")
+        out = copy.copy(self)
+        out.z_prior, out.target = z_prior, target.double()
+        return out
+
     def fields(self, z: torch.Tensor) -> torch.Tensor:
         """g(z): (B, d) -> (B, C, nlat, nlon) physical units."""
         return self.prior.decode(z) * self.std + self.mean
@@ -76,27 +87,33 @@ class LatentCost:
         """Gauss-Newton linearisation of the observation term at ``z0`` (d,) (default 0, the prior mean).
 
         Returns ``P = (I + Jᵀ R⁻¹ J)⁻¹`` (d, d) float32, ``H g(z0)`` (n,) float64 and ``W = (L⁻¹ J)ᵀ`` (d, n)
-        float64 (a signed :class:`Whitened` for a Woodbury R), with J = ∂(H g)/∂z at z0 by forward differences of step ``step`` (d + 1 decoder evaluations, no
-        gradients, ``chunk`` perturbed latents per decoder batch: 32 is the fastest on CPUs; the O(step) error is immaterial
-        for a preconditioner and a warm start). P is the inverse
+        float64 (a signed :class:`Whitened` for a Woodbury R), with J = ∂(H g)/∂z at z0 from :meth:`jacobian_t`
+        (forward differences of step ``step``: d + 1 decoder evaluations, no gradients, ``chunk`` perturbed latents
+        per decoder batch: 32 is the fastest on CPUs; the O(step) error is immaterial for a preconditioner and a
+        warm start). P is the inverse
         Gauss-Newton Hessian (at a mode: the Laplace posterior covariance of Böhm & Seljak's MAP + Laplace), shared
         by all members, whose costs differ only by z_p,m and ỹ_m.
         """
         d = self.z_prior.shape[1]
         dev = self.z_prior.device
         z0 = torch.zeros(d, device=dev) if z0 is None else z0.reshape(d).to(dev, torch.float32)
-        eye = torch.eye(d, device=dev) * step
-        Z = z0 + eye
         with torch.no_grad():
-            a0 = self.prior.decode(z0[None])
-            hz0 = self.operator.apply_torch(a0 * self.std + self.mean)[0].double()
-            # differences of standardised anomalies (no cancellation of the climatological mean), then H(s ⊙ ·)
-            jt = torch.cat([self.operator.apply_torch((self.prior.decode(Z[k:k + chunk]) - a0) * self.std)
-                            for k in range(0, d, chunk)]) / step  # Jᵀ (d, n)
+            hz0, jt = self.jacobian_t(z0, step, chunk)
             w = self.covariance.whiten(jt)  # rows: (L⁻¹ J e_i)ᵀ -> (d, n)
         a = torch.eye(d, dtype=torch.float64, device=dev) + signed_inner(w, w)
         p = torch.linalg.inv(a)
         return (0.5 * (p + p.T)).to(torch.float32), hz0, (w.plus if w.minus is None else w)
+
+    def jacobian_t(self, z0: torch.Tensor, step: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H g(z0) (n,) float64, Jᵀ (d, n)) with J = ∂(H g)/∂z at ``z0`` (d,) by forward differences (no grad)."""
+        d = z0.shape[0]
+        Z = z0 + torch.eye(d, device=z0.device) * step
+        a0 = self.prior.decode(z0[None])
+        hz0 = self.operator.apply_torch(a0 * self.std + self.mean)[0].double()
+        # differences of standardised anomalies (no cancellation of the climatological mean), then H(s ⊙ ·)
+        jt = torch.cat([self.operator.apply_torch((self.prior.decode(Z[k:k + chunk]) - a0) * self.std)
+                        for k in range(0, d, chunk)]) / step  # Jᵀ (d, n)
+        return hz0, jt
 
     def gauss_newton_preconditioner(self, z0: torch.Tensor | None = None, step: float = 1e-2) -> torch.Tensor:
         """P = (I + Jᵀ R⁻¹ J)⁻¹ (d, d) at ``z0`` (default 0); see :meth:`linearise`."""

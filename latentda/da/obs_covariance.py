@@ -278,3 +278,47 @@ def observation_covariance(rep: RepresentationError, operator: PointOperator, si
     if choice.form == "grid":
         return GridCovariance(rep, operator, sigma, rank_tol)
     return DenseCovariance(rep, operator, sigma)
+
+
+class BlockCovariance:
+    """Block-diagonal R = diag(R_0, ..., R_{T−1}) of an assimilation window (:mod:`latentda.da.window`): day t's
+    observations are rows ``bounds[t]:bounds[t + 1]`` and ``blocks[t]`` is that day's covariance object (from
+    :func:`observation_covariance`; None for a day without rows). Days are independent in R, so whitening, R⁻¹ and
+    the eta update work block by block; the update of day t lands in its channels t C .. t C + C − 1 of the window
+    field (T C, nlat, nlon)."""
+
+    form = "block"
+
+    def __init__(self, blocks: list, bounds: np.ndarray, nchannels: int) -> None:
+        if len(bounds) != len(blocks) + 1:
+            raise ValueError(f"{len(blocks)} blocks need {len(blocks) + 1} row bounds, got {len(bounds)}")
+        self.blocks, self.nchannels = blocks, int(nchannels)
+        self.slices = [slice(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        for t, (b, sl) in enumerate(zip(blocks, self.slices)):
+            if (b is None) != (sl.stop == sl.start):
+                raise ValueError(f"day {t} of the window has {sl.stop - sl.start} rows but "
+                                 f"{'no' if b is None else 'a'} covariance block")
+
+    def _used(self):
+        return [(t, b, sl) for t, (b, sl) in enumerate(zip(self.blocks, self.slices)) if b is not None]
+
+    def whiten(self, r: torch.Tensor) -> Whitened:
+        """Signed whitening of r (B, n), block by block (rᵀ R⁻¹ r = Σ_t r_tᵀ R_t⁻¹ r_t)."""
+        parts = [b.whiten(r[:, sl]) for _, b, sl in self._used()]
+        minus = [p.minus for p in parts if p.minus is not None]
+        return Whitened(torch.cat([p.plus for p in parts], dim=1), torch.cat(minus, dim=1) if minus else None)
+
+    def solve(self, r: torch.Tensor) -> torch.Tensor:
+        """R⁻¹ r for r (B, n), float64."""
+        return torch.cat([b.solve(r[:, sl]) for _, b, sl in self._used()], dim=1)
+
+    def increment(self, v: torch.Tensor) -> torch.Tensor:
+        """B_eta Hᵀ v per day for weights v (B, n) -> (B, T C, nlat, nlon), dtype of v (zero on unobserved days)."""
+        C, out = self.nchannels, None
+        for t, b, sl in self._used():
+            inc = b.increment(v[:, sl])
+            if out is None:
+                out = torch.zeros((v.shape[0], len(self.blocks) * C, *inc.shape[2:]), dtype=inc.dtype,
+                                  device=inc.device)
+            out[:, t * C:(t + 1) * C] = inc
+        return out

@@ -52,6 +52,10 @@ class AssimilationOptions(BaseModel):
         1e-3, ge=0, lt=1, description="grid form: drop singular values of the smoother S below this fraction of "
                                       "the largest (eigenvalues of S S^T below its square; 0: full rank; "
                                       "latentda.da.lowrank)")
+    window: StrictInt | None = Field(
+        None, ge=0, description="half-width k in days of the assimilation window [d - k, d + k] "
+                                "(latentda.da.window); None: the prior's (0 for a day prior, PriorConfig.window "
+                                "for a window prior); k >= 1 needs a window prior")
 
     @field_validator("qc_threshold")
     @classmethod

@@ -101,6 +101,137 @@ def _length_scale(prior, grid, opts: AssimilationOptions) -> float:
     return float(L)
 
 
+def representation_error(prior, std: torch.Tensor, opts: AssimilationOptions
+                         ) -> tuple[RepresentationError | None, float | None]:
+    """The representation-error model eta of one day (``std``: s(d) (C, nlat, nlon) on the prior's device) and its
+    length scale L in km; (None, None) for ``representation_error="none"``."""
+    C, (nlat, nlon) = len(prior.variables), prior.grid.shape
+    if np.shape(prior.recon_std) != (C, nlat, nlon):
+        raise ValueError(f"prior.recon_std has shape {np.shape(prior.recon_std)}, expected {(C, nlat, nlon)}")
+    if opts.representation_error == "none":
+        return None, None
+    length_km = _length_scale(prior, prior.grid, opts)
+    scale = float(opts.repr_scale)
+    if opts.residual_modes and getattr(prior, "recon_modes", None) is not None:
+        rest_np, modes, columns = prior.residual_model()  # cached on the prior
+    else:
+        rest_np, modes, columns = remainder_std(prior.recon_std, None), None, None
+    rest = torch.as_tensor(rest_np, dtype=torch.float32, device=std.device)
+    return RepresentationError(prior.grid, scale * rest * std, length_km, modes=modes,
+                               modes_scale=None if modes is None else scale * std, modes_columns=columns), length_km
+
+
+def draw_eta(rep: RepresentationError | None, seed: int, ordinal: int, members: int, shape: tuple[int, int, int],
+             dev: torch.device) -> torch.Tensor:
+    """The members' prior representation error eta_p,m = M w_M + D ⊙ S w (members, C, nlat, nlon) from the streams
+    of the day ``ordinal``; zeros for ``rep=None``."""
+    if rep is None:
+        return torch.zeros((members, *shape), dtype=torch.float32, device=dev)
+    w_p = torch.as_tensor(member_normals(seed, ordinal, STREAM_REPR, members, shape), device=dev)
+    wm_p = (torch.as_tensor(member_normals(seed, ordinal, STREAM_MODES, members, (rep.n_modes,)), device=dev)
+            if rep.n_modes else None)
+    return rep.sample(w_p, wm_p)
+
+
+def obs_perturbations(seed: int, ordinal: int, members: int, sigma: torch.Tensor, perturb: bool) -> torch.Tensor:
+    """eps_o,m ~ N(0, diag(sigma²)) (members, n) float32 from the observation stream of the day ``ordinal``
+    (``sigma`` (n,) float32); zeros for ``perturb=False``."""
+    if perturb:
+        return torch.as_tensor(member_normals(seed, ordinal, STREAM_OBS, members, (sigma.shape[0],)),
+                               device=sigma.device) * sigma
+    return torch.zeros((members, sigma.shape[0]), dtype=torch.float32, device=sigma.device)
+
+
+def run_attrs(prior, members: int, seed: int, opts: AssimilationOptions, rep: RepresentationError | None,
+              length_km: float | None) -> dict[str, Any]:
+    """The analysis attributes (version, prior checksum, ensemble and the options that shaped it)."""
+    mode = opts.representation_error
+    return {"version": __version__, "prior_checksum": prior.checksum(), "members": members, "seed": int(seed),
+            "qc_threshold": opts.qc_threshold, "max_iter": int(opts.max_iter), "tol": float(opts.tol),
+            "representation_error": mode, "repr_length_scale_km": length_km,
+            "repr_scale": float(opts.repr_scale) if mode != "none" else None,
+            "residual_modes": rep.n_modes if rep is not None else 0,
+            "perturb_obs": bool(opts.perturb_obs), "adam_steps": int(opts.adam_steps),
+            "precondition": bool(opts.precondition)}
+
+
+def reject_gross(table: pd.DataFrame, usable: np.ndarray, op: PointOperator, xg_all: torch.Tensor, std: torch.Tensor,
+                 rep: RepresentationError | None, k_qc: float, day) -> np.ndarray:
+    """Gross-departure check of the ``usable`` rows (operator ``op``) of one day against the prior draws ``xg_all``
+    (Q, C, nlat, nlon) physical: marks ``table`` and returns the rows that pass."""
+    y = table["value"].to_numpy(dtype=np.float64)[usable]
+    s2 = table["error"].to_numpy(dtype=np.float64)[usable] ** 2
+    with torch.no_grad():
+        hxg = op.apply_torch(xg_all).double().cpu().numpy()  # (Q, n)
+        clim_var = op.apply_torch((std ** 2)[None]).double().cpu().numpy()[0]  # H s(d)², (n,)
+    var_b = hxg.var(axis=0, ddof=1)
+    if rep is not None:
+        var_b = var_b + rep.variance_at_observations(op)
+    # floor: the climatological variance, which the standardised anomalies have by construction; a VAE
+    # prior is often under-dispersive and a check against its spread alone rejects good strong anomalies
+    var_b = np.maximum(var_b, clim_var)
+    dep = y - hxg.mean(axis=0)
+    gross = _qc.gross_departure_mask(dep, s2, var_b, k_qc)
+    _qc.mark(table, usable, gross, "gross_departure")
+    if gross.any():
+        log.info("%s: %d gross departure(s) rejected (k=%g)", pd.Timestamp(day).date(), int(gross.sum()), k_qc)
+    return usable[~gross]
+
+
+def solve_members(cost: LatentCost, y64: np.ndarray, opts: AssimilationOptions, day):
+    """Minimise every member's cost J_m (module docstring). With ``opts.precondition``: first the posterior mode
+    ẑ of the unperturbed cost (z_p = 0, ỹ = ``y64``), then the Gauss-Newton inverse Hessian at ẑ as the solver's
+    H_0 and linearised member starts. Returns (:class:`~latentda.da.solver.SolverResult`, mode-solve iterations)."""
+    z_p, dev = cost.z_prior, cost.z_prior.device
+    solve = opts.solver()
+    h0, z0, mode_iterations = None, z_p, 0
+    if opts.precondition:
+        # 1) posterior mode ẑ of the unperturbed problem (z_p = 0, ỹ = y): one cheap single-member solve
+        zero = torch.zeros((1, z_p.shape[1]), device=dev)
+        cost0 = cost.with_members(zero, torch.as_tensor(y64[None], device=dev))
+        r0 = minimize_batched(cost0.value_and_grad, zero, **solve)
+        z_hat, mode_iterations = r0.z[0], int(r0.iterations[0])
+        # 2) Gauss-Newton (Laplace) inverse Hessian at ẑ, shared by all members as the solver's H_0
+        h0, hz_hat, w = cost.linearise(z_hat)
+        if bool(torch.isfinite(h0).all()):
+            # 3) each member starts at its linearised RTO solution, or at z_p,m where that is better
+            z_lin = cost.linearised_solution(z_hat, h0, hz_hat, w)
+            with torch.no_grad():
+                better = cost(z_lin) < cost(z_p)  # False where z_lin is not finite
+            z0 = torch.where(better[:, None], z_lin, z_p)
+        else:
+            log.warning("%s: the Gauss-Newton preconditioner is not finite; plain L-BFGS from z_p",
+                        pd.Timestamp(day).date())
+            h0 = None
+    return minimize_batched(cost.value_and_grad, z0, h0=h0, **solve), mode_iterations
+
+
+def analyse_members(cost: LatentCost, eta_p: torch.Tensor, y64: np.ndarray, opts: AssimilationOptions, day):
+    """Solve every member (:func:`solve_members`) and return (x_m (M, C', nlat, nlon) physical, solver result,
+    mode-solve iterations): x_m = g(z_m), plus for ``representation_error="augmented"`` the conditional eta update
+    x_m = g(z_m) + eta_p,m + B_eta Hᵀ R⁻¹ (ỹ_m − H g(z_m)) with R = ``cost.covariance``."""
+    res, mode_iterations = solve_members(cost, y64, opts, day)
+    with torch.no_grad():
+        xa = cost.fields(res.z)
+        if opts.representation_error == "augmented":
+            resid = cost.target - cost.operator.apply_torch(xa).double()  # ỹ_m − H g(z_m)
+            v = cost.covariance.solve(resid).float()  # R⁻¹ (ỹ_m − H g(z_m))
+            xa = xa + eta_p + cost.covariance.increment(v)
+    return xa, res, mode_iterations
+
+
+def solution_diagnostics(op: PointOperator, xa: torch.Tensor, xb: torch.Tensor, y64: np.ndarray, sig64: np.ndarray,
+                         res) -> dict[str, float]:
+    """fit_before/fit_after (RMS of (y − H x̄)/sigma for the background and analysis means xb, xa (M, C', nlat,
+    nlon)), cost, iterations and converged_fraction of the solver result ``res``."""
+    with torch.no_grad():
+        hxa_mean = op.apply_torch(xa.mean(0, keepdim=True)).double().cpu().numpy()[0]
+        hxb_mean = op.apply_torch(xb.mean(0, keepdim=True)).double().cpu().numpy()[0]
+    return dict(fit_before=rms_departure(y64, hxb_mean, sig64), fit_after=rms_departure(y64, hxa_mean, sig64),
+                cost=float(res.cost.double().mean()), iterations=int(res.iterations.max(initial=0)),
+                converged_fraction=float(res.converged.mean()), no_obs=0)
+
+
 def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed: int = 0, *,
                keep_members: bool = False, options: AssimilationOptions | Mapping[str, Any] | None = None,
                feedback: bool = False, passive: pd.DataFrame | None = None,
@@ -155,6 +286,7 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
         ``covariance_rank_tol``: the grid form's cut on the smoother's singular values (default 1e-3: eigenvalues
         of S Sᵀ below 1e-6 of the largest dropped, r ≈ 0.55 npts at 48 × 96; 0: full rank, r = npts, equal to
         the dense form to round-off; :mod:`latentda.da.lowrank`).
+        ``window``: None or 0 here (a k >= 1 is the windowed analysis, :mod:`latentda.da.window`).
 
     Cost and memory: besides the decoder passes, "obs": O(n²) memory and O(n³) time for the Cholesky factor of
     R and O(n · nlat · nlon) for Gᵀ (n used observations); "grid": O(n) + O(C r³) time, O(npts r + C r²) memory,
@@ -170,6 +302,11 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
     """
     _check_ensemble(members, seed)
     opts = as_options(options, **kwargs)
+    if getattr(prior, "window", 0):
+        prior.require_window("latentda.da.rto.assimilate (the per-day analysis)", window=False)
+    if opts.window:
+        raise ValueError(f"window={opts.window}: latentda.da.rto.assimilate is the per-day analysis; use "
+                         "latentda.assimilate (latentda.da.window.assimilate_window) with a window prior")
     with _strict_float32(torch.device(prior.device)):
         ds, table, xb, xa = _assimilate(prior, observations, time, int(members), int(seed),
                                         keep_members=bool(keep_members), opts=opts)
@@ -198,7 +335,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     """The body of :func:`assimilate` (arguments already checked): the analysis dataset, the QC'd table (one row
     per input row, in order), the background ensemble xb (M, C, nlat, nlon) tensor and the analysis members
     (M, C, nlat, nlon) float32 array, physical units."""
-    k_qc, max_iter, tol = opts.qc_threshold, opts.max_iter, opts.tol
+    k_qc = opts.qc_threshold
     ordinal = day_ordinal(time)
     day = pd.Timestamp(time).normalize()
     t0 = _time.perf_counter()
@@ -213,19 +350,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     mean, std = prior.climatology_tensors(day)
     mean = mean.to(dev, torch.float32)
     std = std.to(dev, torch.float32)
-    if np.shape(prior.recon_std) != (C, nlat, nlon):
-        raise ValueError(f"prior.recon_std has shape {np.shape(prior.recon_std)}, expected {(C, nlat, nlon)}")
-    length_km = _length_scale(prior, grid, opts) if mode != "none" else None
-    rep = None
-    if mode != "none":
-        scale = float(opts.repr_scale)
-        if opts.residual_modes and getattr(prior, "recon_modes", None) is not None:
-            rest_np, modes, columns = prior.residual_model()  # cached on the prior
-        else:
-            rest_np, modes, columns = remainder_std(prior.recon_std, None), None, None
-        rest = torch.as_tensor(rest_np, dtype=torch.float32, device=dev)
-        rep = RepresentationError(grid, scale * rest * std, length_km, modes=modes,
-                                  modes_scale=None if modes is None else scale * std, modes_columns=columns)
+    rep, length_km = representation_error(prior, std, opts)
 
     # -- observations usable after schema QC ------------------------------------------------------------------
     usable = np.nonzero(table["qc"].to_numpy() == QC_OK)[0]
@@ -244,44 +369,15 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     with torch.no_grad():
         xg_all = prior.decode(z_all) * std + mean  # (Q, C, nlat, nlon) physical
         xb_g = xg_all[:members]
-        if rep is not None:
-            w_p = torch.as_tensor(member_normals(seed, ordinal, STREAM_REPR, members, (C, nlat, nlon)), device=dev)
-            wm_p = (torch.as_tensor(member_normals(seed, ordinal, STREAM_MODES, members, (rep.n_modes,)), device=dev)
-                    if rep.n_modes else None)
-            eta_p = rep.sample(w_p, wm_p)
-        else:
-            eta_p = torch.zeros_like(xb_g)
+        eta_p = draw_eta(rep, seed, ordinal, members, (C, nlat, nlon), dev)
         xb = xb_g + eta_p if mode == "augmented" else xb_g
 
     # -- gross-departure check against the prior ---------------------------------------------------------------
     if usable.size:
-        op = build(usable)
-        y = table["value"].to_numpy(dtype=np.float64)[usable]
-        s2 = table["error"].to_numpy(dtype=np.float64)[usable] ** 2
-        with torch.no_grad():
-            hxg = op.apply_torch(xg_all).double().cpu().numpy()  # (Q, n)
-            clim_var = op.apply_torch((std ** 2)[None]).double().cpu().numpy()[0]  # H s(d)², (n,)
-        var_b = hxg.var(axis=0, ddof=1)
-        if rep is not None:
-            var_b = var_b + rep.variance_at_observations(op)
-        # floor: the climatological variance, which the standardised anomalies have by construction; a VAE
-        # prior is often under-dispersive and a check against its spread alone rejects good strong anomalies
-        var_b = np.maximum(var_b, clim_var)
-        dep = y - hxg.mean(axis=0)
-        gross = _qc.gross_departure_mask(dep, s2, var_b, k_qc)
-        _qc.mark(table, usable, gross, "gross_departure")
-        if gross.any():
-            log.info("%s: %d gross departure(s) rejected (k=%g)", day.date(), int(gross.sum()), k_qc)
-        usable = usable[~gross]
+        usable = reject_gross(table, usable, build(usable), xg_all, std, rep, k_qc, day)
 
     counts = _qc.qc_counts(table)
-    attrs = {"version": __version__, "prior_checksum": prior.checksum(), "members": members, "seed": int(seed),
-             "qc_threshold": k_qc, "max_iter": int(max_iter), "tol": float(tol),
-             "representation_error": mode, "repr_length_scale_km": length_km,
-             "repr_scale": float(opts.repr_scale) if mode != "none" else None,
-             "residual_modes": rep.n_modes if rep is not None else 0,
-             "perturb_obs": bool(opts.perturb_obs), "adam_steps": int(opts.adam_steps),
-             "precondition": bool(opts.precondition)}
+    attrs = run_attrs(prior, members, seed, opts, rep, length_km)
     diag: dict[str, float] = {"obs_used": int(usable.size), "obs_rejected": _qc.rejected_count(table)}
 
     if usable.size == 0:
@@ -300,10 +396,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
     y64 = table["value"].to_numpy(dtype=np.float64)[usable]
     sig64 = table["error"].to_numpy(dtype=np.float64)[usable]
     sigma = torch.as_tensor(sig64, dtype=torch.float32, device=dev)
-    if opts.perturb_obs:
-        eps = torch.as_tensor(member_normals(seed, ordinal, STREAM_OBS, members, (n,)), device=dev) * sigma
-    else:
-        eps = torch.zeros((members, n), dtype=torch.float32, device=dev)
+    eps = obs_perturbations(seed, ordinal, members, sigma, opts.perturb_obs)
     rcov = None
     if rep is not None:
         # built from the used rows only, so rejected rows cannot change a single bit of the analysis
@@ -314,38 +407,8 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
 
     obs_term = dict(covariance=rcov) if rcov is not None else dict(sigma=sigma)
     cost = LatentCost(prior, op, mean, std, z_p, target, **obs_term)
-    solve = opts.solver()
-    h0, z0, mode_iterations = None, z_p, 0
-    if opts.precondition:
-        # 1) posterior mode ẑ of the unperturbed problem (z_p = 0, ỹ = y): one cheap single-member solve
-        zero = torch.zeros((1, d), device=dev)
-        cost0 = LatentCost(prior, op, mean, std, zero, torch.as_tensor(y64[None], device=dev), **obs_term)
-        r0 = minimize_batched(cost0.value_and_grad, zero, **solve)
-        z_hat, mode_iterations = r0.z[0], int(r0.iterations[0])
-        # 2) Gauss-Newton (Laplace) inverse Hessian at ẑ, shared by all members as the solver's H_0
-        h0, hz_hat, w = cost.linearise(z_hat)
-        if bool(torch.isfinite(h0).all()):
-            # 3) each member starts at its linearised RTO solution, or at z_p,m where that is better
-            z_lin = cost.linearised_solution(z_hat, h0, hz_hat, w)
-            with torch.no_grad():
-                better = cost(z_lin) < cost(z_p)  # False where z_lin is not finite
-            z0 = torch.where(better[:, None], z_lin, z_p)
-        else:
-            log.warning("%s: the Gauss-Newton preconditioner is not finite; plain L-BFGS from z_p", day.date())
-            h0 = None
-    res = minimize_batched(cost.value_and_grad, z0, h0=h0, **solve)
-
-    with torch.no_grad():
-        xa = cost.fields(res.z)
-        if mode == "augmented":
-            resid = target - op.apply_torch(xa).double()  # ỹ_m − H g(z_m)
-            v = rcov.solve(resid).float()  # R⁻¹ (ỹ_m − H g(z_m))
-            xa = xa + eta_p + rcov.increment(v)
-        hxa_mean = op.apply_torch(xa.mean(0, keepdim=True)).double().cpu().numpy()[0]
-        hxb_mean = op.apply_torch(xb.mean(0, keepdim=True)).double().cpu().numpy()[0]
-    diag.update(fit_before=rms_departure(y64, hxb_mean, sig64), fit_after=rms_departure(y64, hxa_mean, sig64),
-                cost=float(res.cost.double().mean()), iterations=int(res.iterations.max(initial=0)),
-                converged_fraction=float(res.converged.mean()), no_obs=0)
+    xa, res, mode_iterations = analyse_members(cost, eta_p, y64, opts, day)
+    diag.update(solution_diagnostics(op, xa, xb, y64, sig64, res))
     log.info("%s: %d obs used, %d rejected, fit %.3f -> %.3f, %d iterations (%d evaluations; mode %d), %.0f%% "
              "converged, %.2f s", day.date(), n, diag["obs_rejected"], diag["fit_before"], diag["fit_after"],
              diag["iterations"], res.evaluations, mode_iterations, 100 * diag["converged_fraction"],

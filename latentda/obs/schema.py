@@ -48,7 +48,8 @@ def validate_observations(df: pd.DataFrame, variables: Iterable[str] | None = No
 
     ``variables``: allowed variable names; a table without a ``variable`` column is given the only one.
     ``default_error``: fills a missing ``error`` column (scalar or per-variable dict); without it the column is
-    required. ``time``: if given, rows whose date differs from this day get ``wrong_time``.
+    required. ``time``: if given, rows whose date differs from this day (or from all of these days, for a
+    sequence of days: an assimilation window) get ``wrong_time``.
     """
     check_columns(df)
     out = df.copy()
@@ -99,8 +100,9 @@ def validate_observations(df: pd.DataFrame, variables: Iterable[str] | None = No
     if "time" in out.columns:
         out["time"] = pd.to_datetime(out["time"], errors="coerce")
         if time is not None:
-            day = pd.Timestamp(time).normalize()
-            mark(out["time"].dt.normalize().values != np.datetime64(day), "wrong_time")
+            many = isinstance(time, (list, tuple, np.ndarray, pd.Index))
+            days = [np.datetime64(pd.Timestamp(t).normalize()) for t in (time if many else [time])]
+            mark(~np.isin(out["time"].dt.normalize().values, days), "wrong_time")
     out["lon"] = np.mod(out["lon"].values, 360.0)
     key_cols = [c for c in ("time", "lat", "lon", "variable") if c in out.columns]
     ok_rows = qc == QC_OK

@@ -21,6 +21,10 @@ climatology       {"<var>_mean" | "<var>_var": float64 (harmonic, lat, lon)} har
 recon_std         float32 (C, nlat, nlon): validation RMS reconstruction error, standardised anomaly units
 recon_modes       optional, float32 (k, C, nlat, nlon): leading residual modes, scaled by sqrt(eigenvalue)
                   (:mod:`latentda.prior.residual`); absent in priors trained without them
+transition        optional, {"A", "q_chol"}: float64 (d, d) latent transition of a window prior
+                  (:mod:`latentda.prior.transition`; ``config.window`` >= 1; its fit statistics are
+                  ``meta_json["transition_info"]``); absent in day priors (``config.window`` = 0, the default, also
+                  for checkpoints written before windows existed)
 ================  ===================================================================================
 """
 from __future__ import annotations
@@ -42,6 +46,7 @@ from ..fields import to_array
 from ..grid import Grid
 from ..normalization import climatology_at
 from .config import PriorConfig
+from .transition import LatentTransition
 from .vae import ConvVAE
 
 FORMAT = "latentda.prior"
@@ -123,7 +128,7 @@ class Prior:
     def __init__(self, model: ConvVAE, *, config, variables: Sequence[str], grid: Grid, climatology: xr.Dataset,
                  var_attrs: dict[str, dict], provenance: dict, recon_std: np.ndarray,
                  history: list[dict] | None = None, device: str | torch.device = "auto",
-                 recon_modes: np.ndarray | None = None) -> None:
+                 recon_modes: np.ndarray | None = None, transition: LatentTransition | None = None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
@@ -149,6 +154,34 @@ class Prior:
             raise ValueError(f"recon_modes must be finite (k, {', '.join(map(str, self.shape))}), "
                              f"got shape {self.recon_modes.shape}")
         self._clim_cache: dict[pd.Timestamp, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.transition = transition
+        self._check_window()
+
+    @property
+    def window(self) -> int:
+        """Half-width k in days of the window prior (``config.window``); 0 for a day prior."""
+        return int(getattr(self.config, "window", 0) or 0)
+
+    def _check_window(self) -> None:
+        if self.window and self.transition is None:
+            raise ValueError(f"config.window={self.window} (a window prior) but no latent transition was given")
+        if not self.window and self.transition is not None:
+            raise ValueError("a latent transition was given to a day prior (config.window=0)")
+        if self.transition is not None and self.transition.latent_dim != self.latent_dim:
+            raise ValueError(f"the latent transition is {self.transition.latent_dim}-dimensional, the VAE latent "
+                             f"{self.latent_dim}-dimensional")
+
+    def require_window(self, caller: str, window: bool) -> None:
+        """Refuse this prior (ValueError naming ``caller`` and the prior) if ``caller`` needs a window prior
+        (``window=True``) and this is a day prior, or the other way round."""
+        if bool(self.window) == bool(window):
+            return
+        what = (f"a window prior (window={self.window} days, latent transition)" if self.window
+                else "a day prior (window=0)")
+        need = "a window prior (PriorConfig.window >= 1)" if window else "a day prior (PriorConfig.window = 0)"
+        hint = ("; add a transition with latentda.prior.add_window or train with {'window': k}" if window
+                else "; use latentda.assimilate, which analyses with the whole window")
+        raise ValueError(f"{caller} needs {need}, but prior {self.checksum()[:12]} is {what}{hint}")
 
     # ------------------------------------------------------------------ shapes and conversions
     @property
@@ -313,6 +346,8 @@ class Prior:
             "history": self.history,
             "provenance": self.provenance,
         }
+        if self.transition is not None:
+            meta["transition_info"] = self.transition.info
         ckpt = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -327,6 +362,8 @@ class Prior:
         }
         if self.recon_modes is not None:
             ckpt["recon_modes"] = torch.tensor(np.array(self.recon_modes, dtype=np.float32))
+        if self.transition is not None:
+            ckpt["transition"] = self.transition.to_tensors()
         return ckpt
 
     def to_bytes(self) -> bytes:
@@ -446,12 +483,21 @@ def prior_from_checkpoint(ckpt: dict, device: str = "auto", path: str = "<checkp
         prior = Prior(model, config=config, variables=variables, grid=grid, climatology=clim,
                       var_attrs=meta["var_attrs"], provenance=meta["provenance"],
                       recon_std=ckpt["recon_std"].numpy(), history=meta["history"], device=device,
-                      recon_modes=ckpt["recon_modes"].numpy() if "recon_modes" in ckpt else None)
+                      recon_modes=ckpt["recon_modes"].numpy() if "recon_modes" in ckpt else None,
+                      transition=_transition(ckpt, meta))
     except ValueError as err:
         raise _refuse(path, f"inconsistent contents: {err}") from None
     except (KeyError, TypeError, RuntimeError, AttributeError, IndexError, json.JSONDecodeError) as err:
         raise _refuse(path, f"inconsistent contents: {type(err).__name__}: {err}") from None
     return prior
+
+
+def _transition(ckpt: dict, meta: dict) -> LatentTransition | None:
+    """The latent transition of a window-prior checkpoint, None for a day prior."""
+    if "transition" not in ckpt:
+        return None
+    tr = ckpt["transition"]
+    return LatentTransition(tr["A"].numpy(), tr["q_chol"].numpy(), meta.get("transition_info", {}))
 
 
 def load_prior(path: str, device: str = "auto", storage_options: dict | None = None) -> Prior:

@@ -44,6 +44,9 @@ class PriorConfig(BaseModel):
     residual_modes: int = Field(0, ge=0, description="leading modes of the reconstruction residual on the training "
                                 "days kept for the representation-error covariance (0: none; see "
                                 "latentda.prior.residual)")
+    window: int = Field(0, ge=0, le=15, description="half-width k in days of the window prior: 0 is the per-day "
+                        "prior; k >= 1 adds a latent transition (latentda.prior.transition) and the assimilation "
+                        "uses the observations of [d - k, d + k]")
     num_threads: int | None = Field(None, ge=1, description="CPU threads while training (None: torch's setting); "
                                                             "1 is fastest for tiny models on a busy machine")
 

@@ -32,7 +32,12 @@ from ..runtime import git_sha
 from .checkpoint import Prior, resolve_device
 from .config import PriorConfig, as_config
 from .residual import residual_modes
+from .transition import fit_transition
 from .vae import ConvVAE, choose_n_down, kl_divergence, weighted_sq_error
+
+#: longitude rotations of the training pairs of the latent transition for zonally symmetric data
+TRANSITION_ROTATIONS = 8
+
 
 def array_sha256(arr: np.ndarray) -> str:
     """sha256 (hex) of a C-contiguous array's bytes (the training data: float32 (time, channel, lat, lon))."""
@@ -260,13 +265,45 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
         "val_rmse": [float(np.sqrt((recon_std[c] ** 2 * wn[0]).mean())) for c in range(len(variables))],
         "val_rms_anomaly": [float(np.sqrt((clim_rms[c] ** 2 * wn[0]).mean())) for c in range(len(variables))],
     }
+    transition = None
+    if cfg.window:
+        with deterministic_torch(device, cfg.num_threads):
+            transition = fit_transition(model.encode, X, times, train_idx, val_idx, cfg.seed,
+                                        rotations=TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1)
     prior = Prior(model, config=cfg, variables=variables, grid=grid, climatology=clim, var_attrs=var_attrs,
-                  provenance=provenance, recon_std=recon_std, history=result["history"], device=device)
+                  provenance=provenance, recon_std=recon_std, history=result["history"], device=device,
+                  transition=transition)
     if cfg.residual_modes:
         with deterministic_torch(device, cfg.num_threads):
             prior.recon_modes, info = residual_modes(prior, train_anom, cfg.residual_modes)
         prior.provenance["residual_modes"] = info
     return prior
+
+
+def add_window(prior: Prior, fields: xr.Dataset, window: int) -> Prior:
+    """A window prior of half-width ``window`` from a day prior: the same VAE plus a latent transition fitted on
+    ``fields`` (the prior's training fields, time, lat, lon, physical; the prior's own block split and seed keep
+    the validation days out of the fit). Returns a new :class:`Prior`; ``prior`` is not modified."""
+    if prior.window:
+        raise ValueError(f"prior already is a window prior (window={prior.window}); add_window needs a day prior")
+    cfg = prior.config.model_copy(update={"window": int(window)})
+    cfg = PriorConfig.model_validate(cfg.model_dump())  # validates window
+    if cfg.window < 1:
+        raise ValueError(f"window={window!r} must be >= 1 for a window prior")
+    fields = normalize_grid(fields).sortby("time")
+    prior.check_compatible(fields, prior.variables)
+    times = fields["time"].values
+    train_idx, val_idx = split_blocks(times.size, cfg.val_fraction, cfg.val_block_days, cfg.seed)
+    X = torch.as_tensor(prior.anomalies(fields), device=prior.device)
+    with deterministic_torch(prior.device, cfg.num_threads):
+        transition = fit_transition(prior.encode, X, times, train_idx, val_idx, cfg.seed,
+                                    rotations=TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1)
+    out = Prior(prior.model, config=cfg, variables=prior.variables, grid=prior.grid, climatology=prior.climatology,
+                var_attrs=prior.var_attrs, provenance=prior.provenance, recon_std=prior.recon_std,
+                history=prior.history, device=prior.device, recon_modes=prior.recon_modes, transition=transition)
+    out.provenance["window_fit"] = {"data_sha256": array_sha256(to_array(fields, prior.variables, np.float32)),
+                                    "period": f"{str(times[0])[:10]}/{str(times[-1])[:10]}"}
+    return out
 
 
 def _package_version() -> str:

@@ -1,0 +1,259 @@
+"""Windowed latent assimilation: the day d analysed with the observations of [d − k, d + k] by randomise-then-optimise
+over the latents of the whole window (a latent smoother), returning the centre day.
+
+Model (the per-day model of :mod:`latentda.da.rto` on every day t of the window, linked in time by the window prior's
+latent transition, :mod:`latentda.prior.transition`)::
+
+    z_{d−k} = ξ_0,  z_t = A z_{t−1} + L_q ξ_t,  ξ ~ N(0, I_{T d}),  T = 2k + 1
+    x_t = g(z_t) + eta_t,   eta_t independent per day (latentda.da.ensemble)
+    y_t = H_t x_t + eps_t,  eps_t ~ N(0, R_o,t)
+
+Randomise: member m draws ξ_p,m (day t's block from the latent stream of day t), eta_p,t,m and eps_t,m (the streams
+of day t, as the per-day analysis of day t would). Optimise over the window latent ξ (all members, all days batched
+through the decoder)::
+
+    J_m(ξ) = ½‖ξ − ξ_p,m‖² + Σ_t ½ (ỹ_t,m − H_t g(z_t(ξ)))ᵀ R_t⁻¹ (ỹ_t,m − H_t g(z_t(ξ))),   R_t = R_o,t + G_t G_tᵀ
+
+(each observation row against its own day), i.e. :class:`~latentda.da.cost.LatentCost` of the window generator
+ξ -> (g(z_{d−k}), ..., g(z_{d+k})) stacked as T·C channels with a block-diagonal R
+(:class:`~latentda.da.obs_covariance.BlockCovariance`: each day's R_t in the form ``covariance_form`` picks for that
+day); then the exact conditional update of every day's eta, and the centre day d is returned in the per-day
+layout. With k = 0 the window latent is the day latent and every step is the per-day one (the day's own
+covariance object, the same helpers of :mod:`latentda.da.rto`): the output is bit-identical to
+:func:`latentda.da.rto.assimilate`.
+
+Cost: the decoder runs on T latents per member (T times the per-day work per iteration); the Gauss-Newton
+preconditioner differentiates each day's decoder separately (T (d + 1) decodes, not T (T d + 1)) and applies the
+chain's linear map ξ -> z.
+"""
+from __future__ import annotations
+
+import logging
+import time as _time
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from ..analysis import analysis_dataset
+from ..obs import qc as _qc
+from ..obs.operator import PointOperator
+from ..obs.schema import QC_OK, validate_observations
+from ..obs.window import window_coverage, window_days
+from .cost import LatentCost
+from .ensemble import STREAM_LATENT, day_ordinal, member_normals
+from .obs_covariance import BlockCovariance, observation_covariance
+from .options import AssimilationOptions, as_options
+from .rto import (QC_SAMPLE, _check_ensemble, _strict_float32, analyse_members, draw_eta, obs_perturbations,
+                  reject_gross, representation_error, run_attrs, solution_diagnostics)
+from . import rto
+
+log = logging.getLogger(__name__)
+
+METHOD = "latent_rto_window"
+
+
+class WindowGenerator:
+    """ξ (B, T d) -> the T days' standardised anomalies stacked as (B, T C, nlat, nlon): g(z_t(ξ)) per day.
+
+    ``prior``: the VAE prior; ``days``: T; ``transition``: the latent chain (None only for T = 1)."""
+
+    def __init__(self, prior, days: int, transition=None) -> None:
+        if days > 1 and transition is None:
+            raise ValueError(f"a window of {days} days needs the prior's latent transition")
+        self.prior, self.days, self.transition = prior, int(days), transition
+        self.day_dim = int(prior.latent_dim)
+        self.latent_dim = self.days * self.day_dim
+
+    def latents(self, xi: torch.Tensor) -> torch.Tensor:
+        """z (B, T, d) of the window latent ξ (B, T d)."""
+        if self.days == 1:
+            return xi.reshape(xi.shape[0], 1, self.day_dim)
+        return self.transition.chain(xi, self.days)
+
+    def decode(self, xi: torch.Tensor) -> torch.Tensor:
+        if self.days == 1:
+            return self.prior.decode(xi)
+        z = self.latents(xi.to(torch.float32))
+        x = self.prior.decode(z.reshape(-1, self.day_dim))
+        return x.reshape(xi.shape[0], self.days * x.shape[1], *x.shape[2:])
+
+
+class WindowCost(LatentCost):
+    """The window cost J_m(ξ) (module docstring): a :class:`LatentCost` whose generator is a :class:`WindowGenerator`
+    and whose Jacobian is built day by day through the chain's linear map."""
+
+    def jacobian_t(self, z0: torch.Tensor, step: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen: WindowGenerator = self.prior
+        if gen.days == 1:
+            return super().jacobian_t(z0, step, chunk)
+        T, d = gen.days, gen.day_dim
+        C = self.mean.shape[0] // T
+        z_days = gen.latents(z0[None])[0]  # (T, d)
+        a0 = gen.prior.decode(z_days)  # (T, C, nlat, nlon)
+        full0 = a0.reshape(1, T * C, *a0.shape[2:])
+        hz0 = self.operator.apply_torch(full0 * self.std + self.mean)[0].double()
+        jz = torch.zeros((T * d, self.operator.nobs), dtype=torch.float64, device=z0.device)
+        eye = torch.eye(d, device=z0.device) * step
+        for t in range(T):
+            Z = z_days[t] + eye
+            for k in range(0, d, chunk):
+                diff = gen.prior.decode(Z[k:k + chunk]) - a0[t]  # (b, C, nlat, nlon)
+                field = torch.zeros((diff.shape[0], T * C, *diff.shape[2:]), device=z0.device)
+                field[:, t * C:(t + 1) * C] = diff * self.std[t * C:(t + 1) * C]
+                jz[t * d + k:t * d + k + diff.shape[0]] = self.operator.apply_torch(field).double() / step
+        chain = torch.as_tensor(gen.transition.chain_matrix(T), device=z0.device)  # ∂z/∂ξ (T d, T d)
+        return hz0, (chain.T @ jz).to(torch.float32)  # Jᵀ wrt ξ = (∂z/∂ξ)ᵀ Jᵀ wrt z
+
+
+def window_operator(grid, lat, lon, channel, day_index, nchannels: int, days: int) -> PointOperator:
+    """H of the window: row i reads variable ``channel[i]`` of day ``day_index[i]`` (0 = d − k) of the window field
+    (T C, nlat, nlon), i.e. channel ``day_index[i] · C + channel[i]``. ``day_index=None``: all rows of one day."""
+    channel = np.asarray(channel, dtype=np.int64)
+    if day_index is not None:
+        day_index = np.asarray(day_index, dtype=np.int64)
+        if day_index.shape != channel.shape or (day_index.size and (day_index.min() < 0 or day_index.max() >= days)):
+            raise ValueError(f"day_index must be ({channel.size},) in [0, {days}), got {day_index}")
+        channel = channel + day_index * nchannels
+    return PointOperator(grid, lat, lon, channel, nchannels=nchannels * days)
+
+
+def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed: int = 0, *,
+               keep_members: bool = False, options: AssimilationOptions | Mapping[str, Any] | None = None,
+               feedback: bool = False, passive: pd.DataFrame | None = None,
+               **kwargs: Any) -> xr.Dataset | tuple[xr.Dataset, pd.DataFrame]:
+    """``latentda.assimilate``: the windowed analysis (:func:`assimilate_window`) for a window prior, the per-day
+    analysis (:func:`latentda.da.rto.assimilate`) for a day prior; same arguments and output layout. An explicit
+    option ``window=k`` goes to :func:`assimilate_window` (which refuses k >= 1 with a day prior).
+    ``feedback``/``passive``: the per-observation feedback of the per-day analysis (not available for the windowed
+    one yet: ValueError)."""
+    opts = as_options(options, **kwargs)
+    if getattr(prior, "window", 0) or opts.window is not None:
+        if feedback:
+            raise ValueError("per-observation feedback (feedback=True) is not available for the windowed analysis "
+                             f"(window={opts.window if opts.window is not None else prior.window}) yet")
+        return assimilate_window(prior, observations, time, members, seed, keep_members=keep_members, options=opts)
+    return rto.assimilate(prior, observations, time, members, seed, keep_members=keep_members, options=opts,
+                          feedback=feedback, passive=passive)
+
+
+def assimilate_window(prior, observations: pd.DataFrame, time, members: int = 32, seed: int = 0, *,
+                      keep_members: bool = False, options: AssimilationOptions | Mapping[str, Any] | None = None,
+                      **kwargs: Any) -> xr.Dataset:
+    """Analyse the day of ``time`` with the observations of [d − k, d + k] (module docstring), k = the option
+    ``window`` (default: the prior's ``window``; 0 is the per-day analysis). Arguments, options
+    (:class:`~latentda.da.options.AssimilationOptions`) and output as :func:`latentda.da.rto.assimilate`, plus the
+    diagnostics ``window_days_observed`` (days of the window with at least one observation row) and
+    ``obs_outside_window`` (rows ignored because their day is outside the window; they get QC reason
+    ``wrong_time``) and the attribute ``window``. ``obs_used``, ``fit_before`` and ``fit_after`` cover the used rows
+    of the whole window. A k >= 1 needs a window prior (ValueError naming the prior otherwise)."""
+    _check_ensemble(members, seed)
+    opts = as_options(options, **kwargs)
+    k = getattr(prior, "window", 0) if opts.window is None else opts.window
+    if k:
+        prior.require_window(f"assimilate_window(window={k})", window=True)
+    with _strict_float32(torch.device(prior.device)):
+        return _assimilate_window(prior, observations, time, int(k), int(members), int(seed),
+                                  keep_members=bool(keep_members), opts=opts)
+
+
+def _prior_draws(reps, ordinals, seed: int, members: int, q: int, latent_dim: int, shape, dev):
+    """ξ_p (q, T d), eta_p (members, T C, nlat, nlon) from the streams of each window day."""
+    xi = torch.cat([torch.as_tensor(member_normals(seed, o, STREAM_LATENT, q, (latent_dim,)), device=dev)
+                    for o in ordinals], dim=1)
+    eta = torch.cat([draw_eta(rep, seed, o, members, shape, dev) for rep, o in zip(reps, ordinals)], dim=1)
+    return xi, eta
+
+
+def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members: int, seed: int, *,
+                       keep_members: bool, opts: AssimilationOptions) -> xr.Dataset:
+    """The body of :func:`assimilate_window` (arguments checked)."""
+    t_start = _time.perf_counter()
+    days = window_days(time, k)
+    T, centre = days.size, k
+    day = days[centre]
+    ordinals = [day_ordinal(t) for t in days]
+    variables, grid, dev = list(prior.variables), prior.grid, torch.device(prior.device)
+    C = len(variables)
+    mode = opts.representation_error
+    gen = WindowGenerator(prior, T, prior.transition if T > 1 else None)
+    method = METHOD if k else rto.METHOD
+
+    table = validate_observations(observations, variables, default_error=opts.default_error, time=list(days))
+    clim = [prior.climatology_tensors(t) for t in days]
+    means = [m.to(dev, torch.float32) for m, _ in clim]
+    stds = [s.to(dev, torch.float32) for _, s in clim]
+    reps_len = [representation_error(prior, s, opts) for s in stds]
+    reps, length_km = [r for r, _ in reps_len], reps_len[0][1]
+
+    usable = np.nonzero(table["qc"].to_numpy() == QC_OK)[0]
+    row_day = table["time"].dt.normalize().to_numpy()
+    chan_of = {v: i for i, v in enumerate(variables)}
+    chan = table["variable"].map(chan_of).to_numpy()
+
+    def build(rows, day_index=None):
+        return window_operator(grid, table["lat"].to_numpy()[rows], table["lon"].to_numpy()[rows],
+                               chan[rows].astype(np.int64), day_index, C, T if day_index is not None else 1)
+
+    q = max(members, QC_SAMPLE) if usable.size else members
+    xi_all, eta_p = _prior_draws(reps, ordinals, seed, members, q, int(prior.latent_dim), (C, *grid.shape), dev)
+    xi_p = xi_all[:members]
+    mean_w, std_w = torch.cat(means), torch.cat(stds)  # (T C, nlat, nlon)
+    with torch.no_grad():
+        xg_all = gen.decode(xi_all) * std_w + mean_w  # (Q, T C, nlat, nlon) physical
+        xb_g = xg_all[:members]
+        xb = xb_g + eta_p if mode == "augmented" else xb_g
+
+    # -- per-day rows, gross-departure check of each day against its own prior draws ----------------------------
+    rows_by_day = []
+    for t, dt in enumerate(days):
+        rows = usable[row_day[usable] == np.datetime64(dt)]
+        if rows.size:
+            rows = reject_gross(table, rows, build(rows), xg_all[:, t * C:(t + 1) * C], stds[t], reps[t],
+                                opts.qc_threshold, dt)
+        rows_by_day.append(rows)
+    used = np.concatenate(rows_by_day)
+
+    counts = _qc.qc_counts(table)
+    attrs = {**run_attrs(prior, members, seed, opts, reps[0], length_km), "window": int(k)}
+    diag: dict[str, float] = {"obs_used": int(used.size), "obs_rejected": _qc.rejected_count(table),
+                              **window_coverage(observations, days)}
+    csl = slice(centre * C, (centre + 1) * C)
+    if used.size == 0:
+        log.info("%s: no usable observation in the %d-day window (%s): returning the prior ensemble", day.date(), T,
+                 counts)
+        diag.update(fit_before=np.nan, fit_after=np.nan, cost=0.0, iterations=0, converged_fraction=1.0, no_obs=1)
+        return analysis_dataset(xb[:, csl].cpu().numpy(), variables, grid, day, diag, method, counts,
+                                var_attrs=prior.var_attrs, keep_members=keep_members, attrs=attrs)
+
+    # -- stacked observation operator (row of day t reads channels t C .. t C + C − 1), targets and R --------------
+    op = build(used, np.concatenate([np.full(r.size, t, dtype=np.int64) for t, r in enumerate(rows_by_day)]))
+    y64 = table["value"].to_numpy(dtype=np.float64)[used]
+    sig64 = table["error"].to_numpy(dtype=np.float64)[used]
+    sigma = torch.as_tensor(sig64, dtype=torch.float32, device=dev)
+    bounds = np.cumsum([0] + [r.size for r in rows_by_day])
+    sls = [slice(bounds[t], bounds[t + 1]) for t in range(T)]
+    eps = torch.cat([obs_perturbations(seed, ordinals[t], members, sigma[sl], opts.perturb_obs)
+                     for t, sl in enumerate(sls)], dim=1)
+    rcov = None
+    if mode != "none":
+        # each day's R_t from its used rows only (rejected rows cannot change a bit), in that day's cheaper form
+        blocks = [observation_covariance(reps[t], build(rows), sig64[sls[t]], members, opts.covariance_form)
+                  if rows.size else None for t, rows in enumerate(rows_by_day)]
+        rcov = blocks[0] if T == 1 else BlockCovariance(blocks, bounds, C)
+    with torch.no_grad():
+        target = torch.as_tensor(y64, device=dev) + eps.double() - op.apply_torch(eta_p).double()
+
+    obs_term = dict(covariance=rcov) if rcov is not None else dict(sigma=sigma)
+    cost = WindowCost(gen, op, mean_w, std_w, xi_p, target, **obs_term)
+    xa, res, mode_iterations = analyse_members(cost, eta_p, y64, opts, day)  # eta update block by block
+    diag.update(solution_diagnostics(op, xa, xb, y64, sig64, res))
+    log.info("%s: window ±%d, %d obs used on %d day(s), %d rejected, fit %.3f -> %.3f, %d iterations (%d "
+             "evaluations; mode %d), %.0f%% converged, %.2f s", day.date(), k, used.size,
+             sum(r.size > 0 for r in rows_by_day), diag["obs_rejected"], diag["fit_before"], diag["fit_after"],
+             diag["iterations"], res.evaluations, mode_iterations, 100 * diag["converged_fraction"],
+             _time.perf_counter() - t_start)
+    return analysis_dataset(xa[:, csl].cpu().numpy(), variables, grid, day, diag, method, counts,
+                            var_attrs=prior.var_attrs, keep_members=keep_members, attrs=attrs)
