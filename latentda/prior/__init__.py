@@ -9,7 +9,8 @@ Public API::
     sha = prior.save("prior.pt"); prior = load_prior("prior.pt", device="auto")
 
 Modules: ``config`` (PriorConfig; light, no torch), ``vae`` (network and loss terms), ``train`` (train_prior),
-``checkpoint`` (Prior, load_prior, checkpoint format), ``residual`` (leading modes of the reconstruction residual),
+``checkpoint`` (Prior, checkpoint format), ``loading`` (load_prior), ``residual`` (leading modes of the
+reconstruction residual),
 ``transition`` (the latent Markov chain of a window prior; ``train.add_window`` fits one to a day prior).
 Everything but ``config`` is imported on first use, so the run config can be validated without importing torch.
 """
@@ -21,7 +22,7 @@ from typing import Any
 from .config import PriorConfig
 
 _LAZY = {
-    "Prior": "checkpoint", "load_prior": "checkpoint", "resolve_device": "checkpoint", "FORMAT": "checkpoint",
+    "Prior": "checkpoint", "load_prior": "loading", "resolve_device": "checkpoint", "FORMAT": "checkpoint",
     "FORMAT_VERSION": "checkpoint", "train_prior": "train", "training_summary": "train", "ConvVAE": "vae",
     "residual_modes": "residual", "remainder_std": "residual", "add_window": "train",
     "LatentTransition": "transition", "fit_transition": "transition",

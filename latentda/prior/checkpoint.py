@@ -34,7 +34,6 @@ import io
 import json
 import os
 import sys
-import zipfile
 from typing import Any, Sequence
 
 import numpy as np
@@ -45,7 +44,7 @@ import xarray as xr
 from ..fields import to_array
 from ..grid import Grid
 from ..normalization import climatology_at
-from .config import PriorConfig
+
 from .transition import LatentTransition
 from .vae import ConvVAE
 
@@ -408,11 +407,11 @@ class Prior:
     def save(self, path: str, storage_options: dict | None = None) -> str:
         """Write the checkpoint to ``path`` (local path or fsspec URL such as ``s3://bucket/prior.pt``); returns its
         sha256. Local writes go to a temporary file renamed into place (no half-written checkpoint)."""
-        import fsspec
+        from .. import storage
 
         data = self.to_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        fs, fpath = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+        fs, fpath = storage.filesystem(str(path), storage_options)
         protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
         if "file" in protocols or "local" in protocols:
             parent = os.path.dirname(os.path.abspath(fpath))
@@ -425,95 +424,3 @@ class Prior:
             with fs.open(fpath, "wb") as f:
                 f.write(data)
         return digest
-
-
-# ---------------------------------------------------------------------- loading
-def _refuse(path: str, why: str) -> ValueError:
-    return ValueError(f"{path}: not a usable latentda prior checkpoint: {why}")
-
-
-def checkpoint_from_bytes(data: bytes, path: str = "<bytes>") -> dict:
-    """Validate and unpickle checkpoint bytes (``weights_only=True``); ValueError naming ``path`` on any problem."""
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise _refuse(path, f"not a torch zip archive ({len(data)} bytes; corrupted, truncated or another format)")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            bad = zf.testzip()
-        if bad is not None:
-            raise _refuse(path, f"archive member {bad!r} fails its CRC check (corrupted file)")
-    except zipfile.BadZipFile as err:
-        raise _refuse(path, f"broken zip archive ({err})") from None
-    try:
-        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not ours"
-        raise _refuse(path, f"torch.load(weights_only=True) failed: {type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''}") from None
-    if not isinstance(ckpt, dict):
-        raise _refuse(path, f"holds a {type(ckpt).__name__}, not a checkpoint dict")
-    if ckpt.get("format") != FORMAT:
-        hint = " (looks like a bare state_dict)" if ckpt and all(isinstance(v, torch.Tensor)
-                                                                  for v in ckpt.values()) else ""
-        raise _refuse(path, f"format is {ckpt.get('format')!r}, expected {FORMAT!r}{hint}")
-    if ckpt.get("format_version") != FORMAT_VERSION:
-        raise _refuse(path, f"format_version {ckpt.get('format_version')!r} not supported (this latentda reads "
-                            f"version {FORMAT_VERSION}); retrain the prior with this version")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise _refuse(path, f"missing keys {missing}")
-    return ckpt
-
-
-def prior_from_checkpoint(ckpt: dict, device: str = "auto", path: str = "<checkpoint>") -> Prior:
-    """Rebuild a :class:`Prior` from a validated checkpoint dict."""
-    resolve_device(device)  # an unavailable device is the caller's problem, not the checkpoint's
-    try:
-        meta = json.loads(ckpt["meta_json"])
-        config = PriorConfig.model_validate(meta["config"])
-        model = ConvVAE(**meta["arch"])
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-        variables = [str(v) for v in meta["variables"]]
-        grid = Grid(ckpt["grid"]["lat"].numpy(), ckpt["grid"]["lon"].numpy())
-        names = meta["climatology_names"]
-        cattrs = meta["climatology_var_attrs"]
-        data = {n: ckpt["climatology"][n].numpy() for n in names}
-        clim = xr.Dataset({n: (("harmonic", "lat", "lon"), data[n], cattrs.get(n, {})) for n in names},
-                          coords={"lat": grid.lat, "lon": grid.lon,
-                                  "harmonic": np.arange(data[names[0]].shape[0])})
-        clim.attrs.update(meta["climatology_attrs"])
-        prior = Prior(model, config=config, variables=variables, grid=grid, climatology=clim,
-                      var_attrs=meta["var_attrs"], provenance=meta["provenance"],
-                      recon_std=ckpt["recon_std"].numpy(), history=meta["history"], device=device,
-                      recon_modes=ckpt["recon_modes"].numpy() if "recon_modes" in ckpt else None,
-                      transition=_transition(ckpt, meta))
-    except ValueError as err:
-        raise _refuse(path, f"inconsistent contents: {err}") from None
-    except (KeyError, TypeError, RuntimeError, AttributeError, IndexError, json.JSONDecodeError) as err:
-        raise _refuse(path, f"inconsistent contents: {type(err).__name__}: {err}") from None
-    return prior
-
-
-def _transition(ckpt: dict, meta: dict) -> LatentTransition | None:
-    """The latent transition of a window-prior checkpoint, None for a day prior."""
-    if "transition" not in ckpt:
-        return None
-    tr = ckpt["transition"]
-    return LatentTransition(tr["A"].numpy(), tr["q_chol"].numpy(), meta.get("transition_info", {}))
-
-
-def load_prior(path: str, device: str = "auto", storage_options: dict | None = None) -> Prior:
-    """Load a prior saved by :meth:`Prior.save` from a local path or fsspec URL onto ``device``.
-
-    Refuses (ValueError naming ``path``) anything that is not a latentda prior checkpoint: random or truncated
-    bytes, a torch file holding something else (e.g. a bare state_dict), missing keys, another format version.
-    Raises FileNotFoundError if ``path`` does not exist.
-    """
-    import fsspec
-
-    resolve_device(device)  # fail early on an impossible device
-    fs, fpath = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
-    if not fs.exists(fpath):
-        raise FileNotFoundError(f"prior checkpoint {path} does not exist")
-    with fs.open(fpath, "rb") as f:
-        data = f.read()
-    ckpt = checkpoint_from_bytes(data, str(path))
-    return prior_from_checkpoint(ckpt, device=device, path=str(path))
