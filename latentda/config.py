@@ -27,7 +27,6 @@ Only pydantic, yaml and the standard library: no orchestration import.
 """
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import hashlib
 import json
@@ -42,7 +41,8 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from .da.options import AssimilationOptions
 from .prior.config import PriorConfig
 from .ingest.steps import IngestSteps
-from .storage import is_remote, is_sensitive_key
+from .runtime import deep_merge
+from .storage import is_remote, redact_storage_options
 
 __all__ = ["RunConfig", "ConfigError", "load_config", "config_from_dict", "config_hash", "redact_storage_options",
            "CatalogConfig", "PriorSettings", "AssimilationConfig", "ArchiveConfig", "ClusterConfig",
@@ -343,16 +343,6 @@ def _join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name if is_remote(base) else os.path.join(base, name)
 
 
-def redact_storage_options(opts: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``opts`` without the keys that hold secrets (key, secret, token, password, ...; nested too)."""
-    out: dict[str, Any] = {}
-    for k, v in (opts or {}).items():
-        if is_sensitive_key(k):
-            continue
-        out[k] = redact_storage_options(v) if isinstance(v, Mapping) else copy.deepcopy(v)
-    return out
-
-
 def config_hash(cfg: RunConfig | Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON (sorted keys, no whitespace) of the config without secrets and without
     the sections in :data:`HASH_EXCLUDE`."""
@@ -371,19 +361,6 @@ def config_hash(cfg: RunConfig | Mapping[str, Any]) -> str:
         d["archive"]["storage_options"] = redact_storage_options(d["archive"].get("storage_options"))
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``base`` with ``update`` merged in recursively (``update`` wins; None values in ``update`` are skipped)."""
-    out = copy.deepcopy(dict(base))
-    for k, v in (update or {}).items():
-        if v is None:
-            continue
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def _format_errors(err: ValidationError, where: str, raw: Mapping[str, Any]) -> str:

@@ -6,17 +6,18 @@ Standard library, numpy and pandas only (torch is imported inside :func:`torch_t
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["to_days", "table_hash", "git_sha", "torch_threads"]
+__all__ = ["to_days", "table_hash", "git_sha", "torch_threads", "deep_merge"]
 
 
 def to_days(values: Any) -> list[pd.Timestamp]:
@@ -98,3 +99,14 @@ def torch_threads(n: int | None):
             torch.set_num_threads(old)
 
 
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``base`` with ``update`` merged in recursively (``update`` wins; None values in ``update`` are skipped)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in (update or {}).items():
+        if v is None:
+            continue
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out

@@ -17,6 +17,8 @@ written anywhere; :class:`RedactingFilter` is a last line of defence for log rec
 """
 from __future__ import annotations
 
+import copy
+
 import logging
 import os
 import re
@@ -336,3 +338,13 @@ class RedactingFilter(logging.Filter):
         if red != msg:
             record.msg, record.args = red, None
         return True
+
+
+def redact_storage_options(opts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``opts`` without the keys that hold secrets (key, secret, token, password, ...; nested too)."""
+    out: dict[str, Any] = {}
+    for k, v in (opts or {}).items():
+        if is_sensitive_key(k):
+            continue
+        out[k] = redact_storage_options(v) if isinstance(v, Mapping) else copy.deepcopy(v)
+    return out
