@@ -44,6 +44,20 @@ class Background:
     var_attrs: dict[str, dict]
 
 
+@dataclasses.dataclass
+class EOFModel:
+    """The fields shared by the baselines fitted in an EOF space of the training anomalies (TSVD 3D-Var, the linear
+    smoother): ``variables, grid, climatology, var_attrs`` as in :class:`Background`, ``modes`` (N, r) and
+    ``mean_anomaly`` xbar (N,) in standardised units (N = C nlat nlon, order C, lat, lon)."""
+
+    variables: tuple[str, ...]
+    grid: Grid
+    climatology: xr.Dataset
+    var_attrs: dict[str, dict]
+    modes: np.ndarray
+    mean_anomaly: np.ndarray
+
+
 def clim_var_attrs(clim: xr.Dataset, variables: Sequence[str]) -> dict[str, dict]:
     """CF attributes of each variable as stored on ``<var>_mean`` of a climatology dataset."""
     return {v: {k: a for k, a in clim[f"{v}_mean"].attrs.items() if isinstance(a, (str, int, float))}

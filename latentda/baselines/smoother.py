@@ -30,24 +30,17 @@ import xarray as xr
 
 from ..analysis import analysis_dataset
 from ..eof import scaled_eofs
-from ..grid import Grid
 from ..obs.window import window_coverage, window_days
-from .common import (Background, check_members, climatology_fields, climatology_to_npz, clim_var_attrs,
+from .common import (Background, EOFModel, check_members, climatology_fields, climatology_to_npz, clim_var_attrs,
                      day_seed, diagnostics, prepare_observations, read_model_npz, training_anomalies)
 
 
 @dataclasses.dataclass
-class SmootherModel:
+class SmootherModel(EOFModel):
     """Fitted VAR(1)-in-EOF-space model: ``modes`` U (N, r), ``mean_anomaly`` xbar (N,), ``residual_var`` v_e (N,),
     ``phi`` Φ (r, r), standardised units, plus ``variables, grid, climatology, var_attrs`` and ``one_day_r2``, the
     fraction of the coefficients' variance Φ a_t explains of a_{t+1} on the training pairs."""
 
-    variables: tuple[str, ...]
-    grid: Grid
-    climatology: xr.Dataset
-    var_attrs: dict[str, dict]
-    modes: np.ndarray
-    mean_anomaly: np.ndarray
     residual_var: np.ndarray
     phi: np.ndarray
     one_day_r2: float

@@ -33,24 +33,17 @@ import scipy.linalg as sla
 import xarray as xr
 
 from ..analysis import analysis_dataset
-from ..grid import Grid
 from ..eof import scaled_eofs
-from .common import (Background, check_members, climatology_fields, climatology_to_npz, clim_var_attrs, day_of,
-                     day_seed, diagnostics, prepare_observations, read_model_npz, training_anomalies)
+from .common import (Background, EOFModel, check_members, climatology_fields, climatology_to_npz, clim_var_attrs,
+                     day_of, day_seed, diagnostics, prepare_observations, read_model_npz, training_anomalies)
 
 
 @dataclasses.dataclass
-class TSVDModel:
+class TSVDModel(EOFModel):
     """Fitted TSVD background: ``modes = U_tau Sigma_tau`` (N, tau), ``mean_anomaly`` xbar (N,) in standardised
     units (N = C nlat nlon, order C, lat, lon), ``singular_values`` (tau,), ``explained_variance`` fraction of the
     total sample variance kept, ``n_samples`` S, plus ``variables, grid, climatology, var_attrs``."""
 
-    variables: tuple[str, ...]
-    grid: Grid
-    climatology: xr.Dataset
-    var_attrs: dict[str, dict]
-    modes: np.ndarray
-    mean_anomaly: np.ndarray
     singular_values: np.ndarray
     explained_variance: float
     n_samples: int
