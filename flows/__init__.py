@@ -92,6 +92,21 @@ def prefect_api(timeout: int = 90) -> Iterator[str | None]:
         server.stop()
 
 
+@contextlib.contextmanager
+def untagged_tasks() -> Iterator[None]:
+    """Task runs started in the block carry no inherited tags (the owner tag of :func:`prefect_api`, a deployment's
+    tags): the flow runs keep them.
+
+    Prefect 3.8 asks the API for tag-concurrency slots for every tagged task run; measured with the temporary
+    server, 1 task run in 10 then stalls 2-3 s (``acquire_concurrency_slots_with_lease``), a quarter of a month's
+    backfill on one worker. Each flow body runs inside this; latentda sets no tag-concurrency limit itself.
+    """
+    from prefect.context import TagsContext
+
+    with TagsContext(current_tags=set()):
+        yield
+
+
 def _mark_crashed(mark) -> None:
     """Mark the runs of dead owners Crashed; a failure here (an old server, no permission) never stops a run."""
     import logging

@@ -11,7 +11,7 @@ from latentda.config import load_config
 from tasks.archive import register_archive, validate_archive
 from tasks.assimilate import assimilate_block, daily_days
 
-from . import BackfillIncomplete
+from . import BackfillIncomplete, untagged_tasks
 from .preflight import yesterday_utc
 from .reanalysis import ensure_archive, incomplete_message
 from .runners import task_runner_from_config
@@ -21,6 +21,12 @@ from .runners import task_runner_from_config
 def daily(config_path: str, date: str | None = None, overrides: dict | None = None, force: bool = False) -> dict:
     """Assimilate ``date`` (ISO; default yesterday UTC) unless it is already done (``force`` rewrites it), and
     upgrade the preliminary days of its window whose observations have all arrived since."""
+    with untagged_tasks():
+        return _daily(config_path=config_path, date=date, overrides=overrides, force=force)
+
+
+def _daily(config_path: str, date: str | None = None, overrides: dict | None = None, force: bool = False) -> dict:
+    """The body of :func:`daily`."""
     log = get_run_logger()
     cfg = load_config(config_path, overrides)
     day, _ = backfill.day_range(cfg, date or yesterday_utc(), date or yesterday_utc())

@@ -14,6 +14,8 @@ from latentda import storage
 from latentda.config import RunConfig, load_config
 from tasks.evaluate import evaluate, make_quicklook
 
+from . import untagged_tasks
+
 
 def quicklook_path(cfg: RunConfig, day: str, variable: str) -> str:
     return storage.join(cfg.workdir, "quicklooks", f"{cfg.archive.name}_{variable}_{day}.png")
@@ -44,6 +46,13 @@ def pick_day(cfg: RunConfig, start: str | None, end: str | None) -> str | None:
 def evaluate_flow(config_path: str, start: str | None = None, end: str | None = None,
                   overrides: dict | None = None, day: str | None = None) -> dict:
     """Evaluate the done days of ``start..end`` (default: the backfill range); returns scores and the PNG path."""
+    with untagged_tasks():
+        return _evaluate(config_path=config_path, start=start, end=end, overrides=overrides, day=day)
+
+
+def _evaluate(config_path: str, start: str | None = None, end: str | None = None,
+                  overrides: dict | None = None, day: str | None = None) -> dict:
+    """The body of :func:`evaluate_flow`."""
     log = get_run_logger()
     cfg = load_config(config_path, overrides)
     p = cfg.backfill_period()

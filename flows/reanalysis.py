@@ -21,7 +21,7 @@ from tasks.assimilate import (assimilate_block, days_to_do, run_observations, se
                               warm_workers)
 from tasks.evaluate import evaluate
 
-from . import BackfillIncomplete
+from . import BackfillIncomplete, untagged_tasks
 from .progress import DayProgress
 from .runners import task_runner_from_config, worker_size
 
@@ -79,6 +79,14 @@ def reanalysis(config_path: str, start: str | None = None, end: str | None = Non
     Returns a summary: days requested / written / done, failed days, fit to observations, skill vs truth.
     Raises after writing everything it could if a day failed (rerun to resume).
     """
+    with untagged_tasks():
+        return _reanalysis(config_path=config_path, start=start, end=end, overrides=overrides, progress=progress, evaluate_skill=evaluate_skill, force=force)
+
+
+def _reanalysis(config_path: str, start: str | None = None, end: str | None = None,
+               overrides: dict | None = None, progress: bool = True, evaluate_skill: bool = True,
+               force: bool = False) -> dict:
+    """The body of :func:`reanalysis`."""
     log = get_run_logger()
     t0 = time.perf_counter()
     cfg = load_config(config_path, overrides)

@@ -12,12 +12,19 @@ from latentda.config import load_config
 from tasks.ingest import ingest
 from tasks.train import TrainRequest, train_prior
 
+from . import untagged_tasks
 from .runners import task_runner_from_config, use_gpu, worker_size
 
 
 @flow(name="train")
 def train(config_path: str, overrides: dict | None = None, retrain: bool = False, progress: bool = True) -> dict:
     """Ingest (catalog -> training store) then train the prior; returns ``{"path", "checksum", "trained", ...}``."""
+    with untagged_tasks():
+        return _train(config_path=config_path, overrides=overrides, retrain=retrain, progress=progress)
+
+
+def _train(config_path: str, overrides: dict | None = None, retrain: bool = False, progress: bool = True) -> dict:
+    """The body of :func:`train`."""
     log = get_run_logger()
     cfg = load_config(config_path, overrides)
     ref = ingest(cfg, retrain)

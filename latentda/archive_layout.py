@@ -89,7 +89,11 @@ def archive_spec(prior, start: Any, end: Any, members: int, members_to_keep: int
 
 # ----------------------------------------------------------------------------------------------- template
 def template(spec: ArchiveSpec, attrs: Mapping[str, Any] | None = None) -> xr.Dataset:
-    """The lazy (dask-backed) dataset of the whole archive, chunked one day per chunk, for ``compute=False``."""
+    """The lazy (dask-backed) dataset of the whole archive, for ``to_zarr(compute=False)`` (metadata only).
+
+    One dask chunk per variable: nothing is computed, and a graph of one task per day and variable cost seconds to
+    build; the Zarr chunks (one day) come from :func:`encoding`.
+    """
     import dask.array as dsa  # lazily: only the template needs dask
 
     t = spec.times
@@ -101,35 +105,35 @@ def template(spec: ArchiveSpec, attrs: Mapping[str, Any] | None = None) -> xr.Da
         # CF 7.3: the ensemble statistics keep the field's standard_name; cell_methods appends the statistic
         # over the ensemble axis (the standard name "realization", the member coordinate) to the field's methods
         methods = a.get("cell_methods", "")
-        data[v] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32, chunks=(1, ny, nx)),
+        data[v] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32, chunks=-1),
                    dict(a, cell_methods=f"{methods} realization: mean".strip()))
         sa = {kk: vv for kk, vv in a.items() if kk in ("units", "standard_name")}
         sa["long_name"] = f"ensemble standard deviation of {a.get('long_name', v)}"
         sa["cell_methods"] = f"{methods} realization: standard_deviation".strip()
         data[f"{v}_spread"] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32,
-                                                                chunks=(1, ny, nx)), sa)
+                                                                chunks=-1), sa)
         if k:
             ma = dict(a, long_name=f"ensemble members of {a.get('long_name', v)}")
             data[f"{v}_members"] = (("time", "member", "lat", "lon"),
-                                    dsa.full((nt, k, ny, nx), np.nan, dtype=np.float32, chunks=(1, k, ny, nx)), ma)
+                                    dsa.full((nt, k, ny, nx), np.nan, dtype=np.float32, chunks=-1), ma)
     for name in DIAGNOSTICS:
         dt = DIAG_DTYPES.get(name, np.float32)
         fill = 0 if np.issubdtype(dt, np.integer) else np.nan
-        data[name] = (("time",), dsa.full((nt,), fill, dtype=dt, chunks=1), dict(DIAG_ATTRS[name]))
+        data[name] = (("time",), dsa.full((nt,), fill, dtype=dt, chunks=-1), dict(DIAG_ATTRS[name]))
     for name, ln in PROVENANCE_VARS.items():
-        data[name] = (("time", HASH_DIM), dsa.zeros((nt, 32), dtype=np.uint8, chunks=(1, 32)),
+        data[name] = (("time", HASH_DIM), dsa.zeros((nt, 32), dtype=np.uint8, chunks=-1),
                       {"long_name": ln, "units": "1",
                        "comment": "32 bytes of the digest; latentda.archive.hexdigest() gives hex; "
                                   "all zero for a day not written"})
-    data[STATUS] = (("time",), dsa.zeros((nt,), dtype=np.int8, chunks=1),
+    data[STATUS] = (("time",), dsa.zeros((nt,), dtype=np.int8, chunks=-1),
                     {"long_name": "analysis status: preliminary while observations of the assimilation window "
                                   "[d - k, d + k] were still to come when the day was written, else final",
                      "flag_values": [NOT_WRITTEN, PRELIMINARY, FINAL],
                      "flag_meanings": "not_written preliminary final", "units": "1"})
-    data[WINDOW_OBSERVED] = (("time",), dsa.zeros((nt,), dtype=np.int16, chunks=1),
+    data[WINDOW_OBSERVED] = (("time",), dsa.zeros((nt,), dtype=np.int16, chunks=-1),
                              {"long_name": "days of the assimilation window [d - k, d + k] with observations when "
                                            "the day was written", "units": "1"})
-    data[DONE] = (("time",), dsa.zeros((nt,), dtype=np.int8, chunks=1),
+    data[DONE] = (("time",), dsa.zeros((nt,), dtype=np.int8, chunks=-1),
                   {"long_name": "day complete (written after all of the day's data)", "flag_values": [0, 1],
                    "flag_meanings": "missing done", "units": "1"})
     coords = {
