@@ -227,7 +227,7 @@ def cmd_demo(args, out=None) -> dict:
     from . import prefect_api
     from .evaluate import run_evaluate
     from .reanalysis import run_reanalysis
-    from .runners import worker_size
+    from .runners import prestart_workers, worker_size
     from .train import run_train
 
     ov = _overrides(args)
@@ -238,6 +238,7 @@ def cmd_demo(args, out=None) -> dict:
     t0 = time.perf_counter()
     out.write(f"latentda demo: config {cfg.source} (hash {cfg.hash[:12]}), {len(cfg.variables)} variables, "
               f"{cfg.assimilation.members} members, {worker_size(cfg.cluster).n_workers} Dask worker(s)\n")
+    prestart_workers(cfg.cluster)
     with prefect_api():
         out.write(f"[1/3] ingest {cfg.catalog.fields!r} through {cfg.catalog.path} and train the prior "
                   f"(epochs<={cfg.prior.epochs}, <= {cfg.prior.max_minutes} min)\n")
@@ -255,6 +256,15 @@ def cmd_demo(args, out=None) -> dict:
     print_summary(summary, ev["evaluation"], ev["quicklook"], out=out)
     out.write(f"total {time.perf_counter() - t0:.0f} s\n")
     return {"train": tr, "reanalysis": summary, "evaluate": ev}
+
+
+def _prestart(args: argparse.Namespace) -> None:
+    """Start the local workers' forkserver (imports torch once, in the background) before the Prefect server."""
+    from latentda.config import load_config
+
+    from .runners import prestart_workers
+
+    prestart_workers(load_config(args.config, _overrides(args)).cluster)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -337,6 +347,7 @@ def _dispatch(args) -> int:
     if c == "train":
         from .train import run_train
 
+        _prestart(args)
         with prefect_api():
             out = run_train(args.config, _overrides(args), retrain=args.retrain, progress=not args.no_progress)
         print(f"prior {'trained' if out['trained'] else 'up to date, reused (checksum verified)'}: "
@@ -345,6 +356,7 @@ def _dispatch(args) -> int:
     if c == "backfill":
         from .reanalysis import run_reanalysis
 
+        _prestart(args)
         with prefect_api():
             summary = run_reanalysis(args.config, args.start, args.end, _overrides(args),
                                      progress=not args.no_progress, force=args.force)
@@ -353,6 +365,8 @@ def _dispatch(args) -> int:
     if c == "daily":
         from .daily import run_daily, serve_daily
 
+        if not args.serve:
+            _prestart(args)
         with prefect_api():
             if args.serve:
                 serve_daily(args.config, cron=args.cron)

@@ -86,6 +86,67 @@ def keep_malloc_defaults() -> None:
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
 
+#: What local Dask worker processes start with: forked from a server process that imported these once
+#: (:func:`start_worker_forkserver`). Only modules that start no thread at import (fork copies one thread).
+WORKER_PRELOAD = ("numpy", "pandas", "scipy", "xarray", "zarr", "torch", "latentda.da.rto", "latentda.backfill")
+
+
+def start_worker_forkserver() -> bool:
+    """Have this process's LocalCluster workers forked from a server that has imported :data:`WORKER_PRELOAD`.
+
+    A spawned worker imports torch and the assimilation code itself (3 s idle, 5-9 s on a busy 2-core machine)
+    before its first day, on the critical path of every flow run. The forkserver imports them once per process, in
+    the background from the moment this is called (the CLI calls it before starting the Prefect server, so the two
+    overlap), and every worker started after that is a fork of it. The forkserver starts with Dask's pre-spawn
+    environment (``OMP_NUM_THREADS=1`` etc.: a forked worker keeps the forkserver's environment, so the nanny
+    cannot set it), and exits with this process. Idempotent; returns False (spawned workers, as before) where
+    there is no ``forkserver`` start method or ``LATENTDA_WORKER_FORKSERVER=0``.
+    """
+    import multiprocessing
+    import multiprocessing.forkserver as mpf
+    import os
+
+    if os.environ.get("LATENTDA_WORKER_FORKSERVER", "1") == "0" or \
+            "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    import dask
+    from distributed.utils import get_mp_context
+
+    if _FORKSERVER["started"]:
+        return True
+    keep_malloc_defaults()
+    dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+    ctx = get_mp_context()  # distributed sets its own preload list the first time; ours extends it
+    ctx.set_forkserver_preload(["distributed", *WORKER_PRELOAD])
+    env = {k: str(v) for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ") or {}).items()
+           if v is not None}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        mpf.ensure_running()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    _FORKSERVER["started"] = True
+    return True
+
+
+_FORKSERVER = {"started": False}
+
+
+def prestart_workers(cluster: ClusterConfig | Mapping[str, Any] | None) -> bool:
+    """Start the worker forkserver now if ``cluster`` is a LocalCluster of worker processes (the CLI calls this
+    before the Prefect server starts, so the two start together); True if it runs."""
+    c = _cfg(cluster)
+    p = _resolve(c)
+    if p.kind != "local" or not p.cluster_kwargs.get("processes", True):
+        return False
+    return start_worker_forkserver()
+
+
 def _resolve(c: ClusterConfig) -> ClusterProfile:
     return resolve_profile(c.profile, n_workers=c.n_workers, threads_per_worker=c.threads_per_worker,
                            address=c.address, options=c.options or None)
@@ -148,6 +209,7 @@ def _local_details(p: ClusterProfile, c: ClusterConfig) -> ClusterProfile:
     ck.setdefault("dashboard_address", "127.0.0.1:0")
     if ck["processes"]:
         ck.setdefault("host", "127.0.0.1")  # the scheduler listens on loopback only
+        start_worker_forkserver()
     elif "://" not in str(ck.get("host") or ""):
         ck.pop("host", None)  # in-process workers talk over inproc://, which takes no host
     if use_gpu(c):
