@@ -63,6 +63,7 @@ def prefect_api(timeout: int = 90) -> Iterator[str | None]:
 
     from .owner import mark_crashed_runs, owner_tag
 
+    install_log_redaction()
     url = PREFECT_API_URL.value()
     if url:
         _mark_crashed(mark_crashed_runs)
@@ -105,6 +106,29 @@ def untagged_tasks() -> Iterator[None]:
 
     with TagsContext(current_tags=set()):
         yield
+
+
+def install_log_redaction() -> int:
+    """Put :class:`latentda.storage.RedactingFilter` on every logging handler of this process (root's,
+    Prefect's console and API handlers, ...), so a secret that slipped into a log call is masked before any
+    handler writes it to the terminal or sends it to the Prefect API. Idempotent; returns the number of handlers
+    that got it now. Called by the CLI and :func:`prefect_api` after Prefect configured its logging."""
+    import logging
+
+    from prefect.logging.configuration import ensure_logging_setup
+
+    from latentda.storage import RedactingFilter
+
+    ensure_logging_setup()  # Prefect adds its handlers lazily (first flow run); have them now
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    added = 0
+    for lg in loggers:
+        for h in lg.handlers:
+            if not any(isinstance(f, RedactingFilter) for f in h.filters):
+                h.addFilter(RedactingFilter())
+                added += 1
+    return added
 
 
 def _mark_crashed(mark) -> None:

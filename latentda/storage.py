@@ -13,7 +13,8 @@ credentials come, in this order, from
 
 Prefer 2 or 3: credentials kept in the environment never enter a run config, a flow parameter, a log line, a
 provenance attribute or a catalog.  Whatever does carry credentials goes through :func:`redact` before it is
-written anywhere; :class:`RedactingFilter` is a last line of defence for log records.
+written anywhere; :class:`RedactingFilter` is a last line of defence for log records (``flows.install_log_redaction``
+puts it on every handler of a flow process).
 """
 from __future__ import annotations
 

@@ -171,3 +171,31 @@ def test_storage_imports_no_orchestration():
             "'tasks', 'flows') if m in sys.modules]; print(bad); raise SystemExit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_install_log_redaction_masks_every_handler(monkeypatch):
+    """flows.install_log_redaction (called by prefect_api) puts the filter on every handler: Prefect's console
+    and API handlers and any other, so a secret logged by any module is masked before it is written or sent."""
+    import io
+
+    import prefect  # noqa: F401 - configures Prefect's handlers, as in every flow process
+
+    from flows import install_log_redaction
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    logger = logging.getLogger("latentda.test.handler")
+    logger.addHandler(handler)
+    logger.propagate = False
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    try:
+        assert install_log_redaction() >= 1
+        assert install_log_redaction() == 0  # idempotent
+        logger.warning("leaked %s into a log call", SECRET)
+    finally:
+        logger.removeHandler(handler)
+    assert SECRET not in buf.getvalue() and "leaked *** into a log call" in buf.getvalue()
+    prefect_handlers = [h for name in ("prefect", "prefect.flow_runs", "prefect.task_runs")
+                        for h in logging.getLogger(name).handlers]
+    assert prefect_handlers
+    assert all(any(isinstance(f, storage.RedactingFilter) for f in h.filters) for h in prefect_handlers)
