@@ -2,7 +2,6 @@
 ISD-like station files read by a declared layout, and the per-observation feedback of an archive. Local files or any fsspec URL (object storage)."""
 from __future__ import annotations
 
-import fsspec
 import pandas as pd
 from intake.source.base import DataSource, Schema
 
@@ -52,7 +51,9 @@ class ParquetTableSource(_TableSource):
         self.columns = columns
 
     def _load(self) -> pd.DataFrame:
-        with fsspec.open(self.urlpath, "rb", **self.storage_options) as f:
+        from latentda import storage  # the storage options of the URL resolved in one place (S3 endpoint, ...)
+
+        with storage.open(self.urlpath, "rb", self.storage_options or None) as f:
             return pd.read_parquet(f, columns=self.columns)
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import fsspec
 import numpy as np
 import pandas as pd
 
+from .. import storage
 from .steps import ColumnSpec, IngestError, StationLayout
 
 __all__ = ["read_any_table", "read_station_list", "read_station_table", "convert_values"]
@@ -23,7 +23,7 @@ def read_any_table(urlpath: str, storage_options: Mapping[str, Any] | None, what
                    str_columns: list[str] | None = None) -> pd.DataFrame:
     """A CSV or Parquet file (by suffix; any fsspec URL) as a DataFrame; ``str_columns`` read as text."""
     try:
-        with fsspec.open(urlpath, "rb", **dict(storage_options or {})) as f:
+        with storage.open(urlpath, "rb", dict(storage_options or {}) or None) as f:
             if urlpath.lower().endswith((".parquet", ".pq")):
                 df = pd.read_parquet(f)
                 for c in str_columns or []:
