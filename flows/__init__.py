@@ -108,27 +108,54 @@ def untagged_tasks() -> Iterator[None]:
         yield
 
 
-def install_log_redaction() -> int:
-    """Put :class:`latentda.storage.RedactingFilter` on every logging handler of this process (root's,
-    Prefect's console and API handlers, ...), so a secret that slipped into a log call is masked before any
-    handler writes it to the terminal or sends it to the Prefect API. Idempotent; returns the number of handlers
-    that got it now. Called by the CLI and :func:`prefect_api` after Prefect configured its logging."""
+class _OneLineErrors:
+    """Logging filter: records of Prefect's loggers lose their traceback (``exc_info``); the message stays."""
+
+    def filter(self, record) -> bool:  # noqa: A003 - logging API
+        if record.name.startswith("prefect") and record.exc_info:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _add_to_every_handler(make_filter, kind: type, handler_type: type | None = None) -> int:
+    """Put ``make_filter()`` on every logging handler (of ``handler_type``, if given) of this process that has no
+    ``kind`` filter yet (after Prefect configured its handlers, which it does lazily); returns how many got it."""
     import logging
 
     from prefect.logging.configuration import ensure_logging_setup
 
-    from latentda.storage import RedactingFilter
-
-    ensure_logging_setup()  # Prefect adds its handlers lazily (first flow run); have them now
+    ensure_logging_setup()
     loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
                                        if isinstance(lg, logging.Logger)]
     added = 0
     for lg in loggers:
         for h in lg.handlers:
-            if not any(isinstance(f, RedactingFilter) for f in h.filters):
-                h.addFilter(RedactingFilter())
+            if handler_type is not None and not isinstance(h, handler_type):
+                continue
+            if not any(isinstance(f, kind) for f in h.filters):
+                h.addFilter(make_filter())
                 added += 1
     return added
+
+
+def hide_prefect_tracebacks() -> int:
+    """Prefect's flow and task engines log a failed run's exception with its traceback (20-190 lines) before the
+    CLI's one-line error; without ``--debug`` the CLI calls this so that the terminal shows their one line only.
+    Only stream (console) handlers change: the flow run's logs in the Prefect API keep the traceback. Returns the
+    number of handlers changed."""
+    import logging
+
+    return _add_to_every_handler(_OneLineErrors, _OneLineErrors, logging.StreamHandler)
+
+
+def install_log_redaction() -> int:
+    """Put :class:`latentda.storage.RedactingFilter` on every logging handler of this process (root's,
+    Prefect's console and API handlers, ...), so a secret that slipped into a log call is masked before any
+    handler writes it to the terminal or sends it to the Prefect API. Idempotent; returns the number of handlers
+    that got it now. Called by the CLI and :func:`prefect_api` after Prefect configured its logging."""
+    from latentda.storage import RedactingFilter
+
+    return _add_to_every_handler(RedactingFilter, RedactingFilter)
 
 
 def _mark_crashed(mark) -> None:

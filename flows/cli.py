@@ -139,6 +139,10 @@ def print_summary(summary: dict, evaluation: dict | None = None, quicklook: str 
 
         w(f"QC             {summary['qc'].get('used', 0)} observation(s) used; rejected by reason: "
           f"{format_counts(summary['qc'])}\n")
+    if summary.get("feedback_entry"):
+        w(f"feedback       O-B, O-A, QC flag and reason of every input observation: entry "
+          f"'{summary['feedback_entry']}' of the catalog (`latentda feedback --config "
+          f"{summary.get('config') or 'CONFIG'}` summarises it)\n")
     if summary.get("prior_only"):
         w(f"PRIOR ONLY     {len(summary['prior_only'])} day(s) analysed from the prior alone (no usable "
           f"observation; no_obs=1 in the archive): {_ranges(summary['prior_only'])}\n")
@@ -289,9 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = preflight(args)  # before any Prefect server, cluster or store: bad input exits 2 in about a second
         if args.command not in ("status", "quicklook", "feedback"):
-            from . import quiet_dask_logs
+            from . import hide_prefect_tracebacks, quiet_dask_logs
 
             quiet_dask_logs()
+            if not args.debug:
+                hide_prefect_tracebacks()
         return _dispatch(args)
     except BackfillIncomplete as err:
         if args.debug:

@@ -114,6 +114,7 @@ def _reanalysis(config_path: str, start: str | None = None, end: str | None = No
     newly = len(set(written) & set(all_missing))
     summary: dict[str, Any] = {
         "archive": storage.redact(cfg.archive_url), "catalog": catalog_path, "entry": cfg.archive.name,
+        "feedback_entry": backfill.feedback_entry_name(cfg), "config": str(cfg.source or config_path),
         "range": [str(s.date()), str(e.date())], "days_requested": len(wanted), "days_todo": len(todo),
         "days_written": len(written), "written": sorted(written), "blocks": n_blocks,
         "failed": [{"day": d, "error": err} for d, err in sorted(failed.items())],

@@ -104,6 +104,7 @@ def test_tiny_demo_end_to_end(tmp_path, world, capsys):
     assert "[1/3]" in out and "[3/3]" in out
     assert "3 day(s) written" in out
     assert "skill vs truth" in out and "fit to obs" in out and "quicklook" in out
+    assert f"entry 'test_reanalysis_feedback' of the catalog (`latentda feedback --config {cfg_path}`" in out, out
     png = next(Path(tmp_path / "work" / "quicklooks").glob("*.png"))
     assert png.read_bytes()[:4] == b"\x89PNG"
     # the demo again: nothing to redo

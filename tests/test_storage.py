@@ -199,3 +199,41 @@ def test_install_log_redaction_masks_every_handler(monkeypatch):
                         for h in logging.getLogger(name).handlers]
     assert prefect_handlers
     assert all(any(isinstance(f, storage.RedactingFilter) for f in h.filters) for h in prefect_handlers)
+
+
+def test_hide_prefect_tracebacks_keeps_one_line_on_the_console():
+    """Without --debug the CLI hides the traceback Prefect's engines log for a failed run (console handlers only);
+    the message line stays, and other loggers keep their tracebacks."""
+    import io
+
+    from flows import _OneLineErrors, hide_prefect_tracebacks
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    engine, other = logging.getLogger("prefect.test_engine"), logging.getLogger("latentda.test_other")
+    for lg in (engine, other):
+        lg.addHandler(handler)
+        lg.propagate = False
+    try:
+        def log_failure(logger):
+            try:
+                raise RuntimeError("boom in a task")
+            except RuntimeError:
+                logger.error("Encountered exception during execution: %s", "RuntimeError('boom in a task')",
+                             exc_info=True)
+
+        log_failure(engine)
+        assert "Traceback" in buf.getvalue()  # before: Prefect's record carries the traceback
+        assert hide_prefect_tracebacks() >= 1
+        buf.truncate(0), buf.seek(0)
+        log_failure(engine)
+        assert "Encountered exception during execution" in buf.getvalue() and "Traceback" not in buf.getvalue()
+        buf.truncate(0), buf.seek(0)
+        log_failure(other)
+        assert "Traceback" in buf.getvalue()
+    finally:
+        for lg in (engine, other):
+            lg.removeHandler(handler)
+        for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            for h in getattr(lg, "handlers", []):  # the rest of the session sees Prefect's handlers as they were
+                h.filters = [f for f in h.filters if not isinstance(f, _OneLineErrors)]
