@@ -378,7 +378,7 @@ def _fit(model: ConvVAE, X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, w:
             "epochs_run": len(history), "stop_reason": stop_reason, "seconds": _time.monotonic() - t0}
 
 
-STOP_REASONS = {"epochs": "all {epochs} epochs ran", "max_minutes": "the max_minutes={max_minutes} time limit",
+STOP_REASONS = {"epochs": "the epoch limit (epochs={epochs})", "max_minutes": "the max_minutes={max_minutes} time limit",
                 "early_stopping": "early stopping (no validation improvement in {patience} epochs)"}
 
 
