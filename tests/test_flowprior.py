@@ -92,3 +92,20 @@ def test_flow_and_window_refused():
         add_flow(tiny_prior(0), synthetic_fields(seed=0), latent_dim=4)
     with pytest.raises(ValueError, match="fit_on='median'"):
         FlowSettings(fit_on="median")
+
+
+def test_assimilation_with_a_flow_prior_keeps_the_layout(flow_prior):
+    import latentda
+    from latentda.testing import synthetic_observations
+
+    fields = synthetic_fields(seed=0)
+    day = fields.time.values[7]
+    obs = synthetic_observations(fields, n=30, seed=2, time=day)
+    vae = latentda.assimilate(tiny_prior(0), obs, day, members=6, seed=1)
+    pae = latentda.assimilate(flow_prior, obs, day, members=6, seed=1)
+    assert set(pae.data_vars) == set(vae.data_vars) and pae.attrs.keys() == vae.attrs.keys()
+    assert pae.attrs["latentda:prior_checksum"] == flow_prior.checksum() != vae.attrs["latentda:prior_checksum"]
+    truth = fields["air_temperature"].sel(time=day).values
+    err = float(np.sqrt(((pae["air_temperature"].values[0] - truth) ** 2).mean()))
+    prior_err = float(np.sqrt(((fields["air_temperature"].mean("time").values - truth) ** 2).mean()))
+    assert err < prior_err  # the observations pulled the analysis towards the truth

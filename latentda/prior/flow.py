@@ -20,6 +20,7 @@ VAE's, naming both sizes.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time as _time
 from typing import Any, Literal
@@ -30,6 +31,8 @@ from torch import nn
 
 __all__ = ["FLOW_FORMAT_VERSION", "FlowSettings", "LatentFlow", "fit_flow", "flow_from_checkpoint"]
 
+log = logging.getLogger(__name__)
+
 #: version of the flow's checkpoint entry (``meta_json["flow_info"]["format_version"]``)
 FLOW_FORMAT_VERSION = 1
 
@@ -39,16 +42,16 @@ class FlowSettings:
     """Architecture and fit of the latent flow (:class:`latentda.prior.PriorConfig` ``flow_*`` fields)."""
 
     transforms: int = 4          # coupling spline transforms
-    hidden: int = 256            # width of each conditioner's hidden layers
+    hidden: int = 128            # width of each conditioner's hidden layers
     hidden_layers: int = 2       # hidden layers per conditioner
     bins: int = 8                # spline bins K
-    epochs: int = 300            # maximum epochs
+    epochs: int = 100            # maximum epochs
     batch_size: int = 256
     learning_rate: float = 1e-3  # Adam
     weight_decay: float = 1e-5   # AdamW decoupled weight decay
-    patience: int = 15           # epochs without held-out improvement before stopping
+    patience: int = 10           # epochs without held-out improvement before stopping
     fit_on: Literal["mean", "sample"] = "mean"   # encoder means mu(x) or posterior samples mu + sigma * eps
-    samples: int = 4             # posterior samples per day when fit_on="sample"
+    samples: int = 1             # posterior samples per day when fit_on="sample"
 
     def __post_init__(self) -> None:
         for name in ("transforms", "hidden", "hidden_layers", "bins", "epochs", "batch_size", "patience", "samples"):
@@ -198,6 +201,8 @@ def fit_flow(z_train: torch.Tensor, z_val: torch.Tensor, settings: FlowSettings,
         flow.eval()
         val = _mean_nll(flow, z_val)
         history.append({"epoch": epoch, "train_nll": tot / n, "val_nll": val})
+        log.info("flow epoch %d: train NLL/dim %.4f, held-out %.4f (%.0f s)", epoch, tot / n, val,
+                 _time.monotonic() - t0)
         if not math.isfinite(tot):
             raise FloatingPointError(f"flow training loss became {tot} in epoch {epoch}; lower flow_learning_rate "
                                      f"(now {s.learning_rate})")
