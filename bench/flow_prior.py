@@ -13,6 +13,8 @@ How to run (from the repository root; minutes at 1 thread)::
 
     .venv/bin/python bench/flow_prior.py --prior out/prior_hs128.pt --out out/prior_hs128_flow.pt --threads 1
     .venv/bin/python bench/flow_prior.py --prior out/prior_hs128.pt --fit-on mean --out out/pae.pt   # one fit only
+    .venv/bin/python bench/flow_prior.py --prior out/prior_hs128.pt --out out/pae.pt --threads 1 \
+        --flow-options '{"flow_transforms": 2, "flow_hidden": 64, "flow_rotations": 1}'   # small: a loaded CPU
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ if str(ROOT) not in sys.path:
 import latentda  # noqa: E402
 from latentda.grid import normalize_grid  # noqa: E402
 from latentda.prior.flow import gaussian_nll  # noqa: E402
-from latentda.prior.flowfit import FLOW_ROTATIONS, add_flow, encoded_latents  # noqa: E402
+from latentda.prior.flowfit import add_flow, encoded_latents  # noqa: E402
 from latentda.prior.train import split_blocks  # noqa: E402
 
 TRAIN = ("2000-01-01", "2004-12-31")
@@ -54,10 +56,12 @@ def main(argv=None) -> dict:
     p.add_argument("--catalog", default=str(ROOT / "catalogs" / "demo.yaml"))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write the measurements as JSON here")
+    p.add_argument("--flow-options", type=json.loads, default={},
+                   help='PriorConfig flow_* overrides as JSON, e.g. \'{"flow_hidden": 64, "flow_rotations": 1}\'')
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout, force=True)
     from tasks.catalog import read_fields
 
     prior = latentda.load_prior(args.prior, device="cpu")
@@ -66,7 +70,7 @@ def main(argv=None) -> dict:
     cfg = prior.config
     _, val_idx = split_blocks(train.sizes["time"], cfg.val_fraction, cfg.val_block_days, cfg.seed)
     X = torch.as_tensor(prior.anomalies(train))
-    rot = FLOW_ROTATIONS if cfg.zonal_symmetry else 1
+    rot = int(args.flow_options.get("flow_rotations", cfg.flow_rotations)) if cfg.zonal_symmetry else 1
     held = {kind: encoded_latents(prior.encode, X, val_idx, kind, cfg.flow_samples, cfg.seed + 99, rot)
             for kind in ("mean", "sample")}
     result = {"prior": args.prior, "n_train_days": int(train.sizes["time"] - val_idx.size),
@@ -74,10 +78,10 @@ def main(argv=None) -> dict:
               "gaussian_nll": {k: gaussian_nll(z) for k, z in held.items()}, "flows": {}}
     print(f"held-out N(0, I) NLL per dim: mean-latents {result['gaussian_nll']['mean']:.4f}, "
           f"sample-latents {result['gaussian_nll']['sample']:.4f}", flush=True)
-    kept = None
-    for kind in [k for k in args.fit_on.split(",") if k]:
+    kinds = [k for k in args.fit_on.split(",") if k]
+    for kind in sorted(kinds, key=lambda k: k != args.keep):  # the kept one first: saved as soon as it exists
         t0 = _time.perf_counter()
-        pae = add_flow(prior, train, flow_fit_on=kind)
+        pae = add_flow(prior, train, **{**args.flow_options, "flow_fit_on": kind})
         secs = _time.perf_counter() - t0
         with torch.no_grad():
             nll = {k: float(-pae.flow.log_prob(z).double().mean()) / z.shape[1] for k, z in held.items()}
@@ -86,12 +90,10 @@ def main(argv=None) -> dict:
               f"(best {pae.flow.fit_info['best_epoch']}); held-out NLL per dim on mean-latents "
               f"{nll['mean']:.4f}, on sample-latents {nll['sample']:.4f}", flush=True)
         if kind == args.keep:
-            kept = pae
-    if kept is not None:
-        result["saved_sha256"] = kept.save(args.out)
-        print(f"wrote {args.out}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+            result["saved_sha256"] = pae.save(args.out)
+            print(f"wrote {args.out}", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1, default=float))
     return result
 
 

@@ -61,7 +61,7 @@ from .obs_covariance import observation_covariance
 from ..prior.residual import remainder_std
 from .ensemble import (STREAM_LATENT, STREAM_MODES, STREAM_OBS, STREAM_REPR, RepresentationError, day_ordinal,
                        default_length_scale_km, member_normals)
-from .samplers import langevin_members, laplace_members, posterior_mode
+from .samplers import posterior_mode, sample_members, sampler_attrs
 from .solver import minimize_batched
 
 log = logging.getLogger(__name__)
@@ -153,10 +153,7 @@ def run_attrs(prior, members: int, seed: int, opts: AssimilationOptions, rep: Re
             "repr_scale": float(opts.repr_scale) if mode != "none" else None,
             "residual_modes": rep.n_modes if rep is not None else 0,
             "perturb_obs": bool(opts.perturb_obs), "adam_steps": int(opts.adam_steps),
-            "precondition": bool(opts.precondition),
-            **({"sampler": opts.sampler} if opts.sampler != "rto" else {}),
-            **({"langevin_steps": int(opts.langevin_steps), "langevin_burnin": int(opts.langevin_burnin)}
-               if opts.sampler == "langevin" else {})}
+            "precondition": bool(opts.precondition), **sampler_attrs(opts)}
 
 
 def reject_gross(table: pd.DataFrame, usable: np.ndarray, op: PointOperator, xg_all: torch.Tensor, std: torch.Tensor,
@@ -218,13 +215,7 @@ def analyse_members(cost: LatentCost, eta_p: torch.Tensor, y64: np.ndarray, opts
     if opts.sampler == "rto":
         res, mode_iterations = solve_members(cost, y64, opts, day)
     else:
-        if opts.sampler == "laplace":
-            res, info = laplace_members(cost, y64, opts)
-        else:
-            res, info = langevin_members(cost, y64, opts, seed, day_ordinal(day))
-        mode_iterations = int(res.iterations[0])
-        if extra is not None:
-            extra.update(info)
+        res, mode_iterations = sample_members(cost, y64, opts, seed, day_ordinal(day), extra)
     with torch.no_grad():
         xa = cost.fields(res.z)
         if opts.representation_error == "augmented":

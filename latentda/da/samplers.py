@@ -36,7 +36,8 @@ from .cost import LatentCost
 from .options import AssimilationOptions
 from .solver import SolverResult, minimize_batched
 
-__all__ = ["posterior_mode", "laplace_members", "langevin_members", "effective_sample_size", "STREAM_LANGEVIN"]
+__all__ = ["posterior_mode", "laplace_members", "langevin_members", "sample_members", "effective_sample_size",
+           "STREAM_LANGEVIN"]
 
 STREAM_LANGEVIN = 4  # after latentda.da.ensemble's STREAM_LATENT, STREAM_REPR, STREAM_OBS, STREAM_MODES
 
@@ -135,6 +136,31 @@ def langevin_members(cost: LatentCost, y64: np.ndarray, opts: AssimilationOption
     extra = {"acceptance_rate": accepted / steps, "ess": float(effective_sample_size(trace).min()),
              "step_size": math.exp(log_h)}
     return out, extra
+
+
+def sample_members(cost: LatentCost, y64: np.ndarray, opts: AssimilationOptions, seed: int, ordinal: int,
+                   extra: dict | None = None) -> tuple[SolverResult, int]:
+    """The members of ``opts.sampler`` ("laplace" or "langevin") and the MAP solve's iterations; the sampler's
+    diagnostics are added to ``extra``."""
+    if opts.sampler == "laplace":
+        res, info = laplace_members(cost, y64, opts)
+    elif opts.sampler == "langevin":
+        res, info = langevin_members(cost, y64, opts, seed, ordinal)
+    else:
+        raise ValueError(f"sampler={opts.sampler!r}: sample_members draws 'laplace' or 'langevin' members")
+    if extra is not None:
+        extra.update(info)
+    return res, int(res.iterations[0])
+
+
+def sampler_attrs(opts: AssimilationOptions) -> dict:
+    """Analysis attributes of a non-default sampler ({} for "rto": its analyses keep their attributes)."""
+    if opts.sampler == "rto":
+        return {}
+    if opts.sampler == "langevin":
+        return {"sampler": "langevin", "langevin_steps": int(opts.langevin_steps),
+                "langevin_burnin": int(opts.langevin_burnin)}
+    return {"sampler": opts.sampler}
 
 
 def effective_sample_size(trace: np.ndarray) -> np.ndarray:

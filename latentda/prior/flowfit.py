@@ -6,7 +6,7 @@ The training latents are the encoder's outputs on the prior's own training days 
 the validation days out; they are the held-out set of the early stopping): the means mu(x)
 (``flow_fit_on="mean"``, the probabilistic autoencoder's choice) or ``flow_samples`` posterior draws
 mu + sigma ⊙ eps per day (``"sample"``, the VAE's aggregate posterior), for zonally symmetric data also of
-evenly spaced longitude rotations of every day (more samples of the same distribution).
+``flow_rotations`` evenly spaced longitude rotations of every day (more samples of the same distribution).
 """
 from __future__ import annotations
 
@@ -21,10 +21,6 @@ from .config import PriorConfig
 from .flow import FlowSettings, LatentFlow, fit_flow
 
 __all__ = ["encoded_latents", "fit_prior_flow", "add_flow"]
-
-#: longitude rotations of the training days for zonally symmetric data (as for the latent transition)
-FLOW_ROTATIONS = 8
-
 
 def encoded_latents(encode, anomalies: torch.Tensor, idx: np.ndarray, fit_on: str, samples: int, seed: int,
                     rotations: int = 1, batch: int = 256) -> torch.Tensor:
@@ -56,7 +52,7 @@ def fit_prior_flow(encode, anomalies: torch.Tensor, train_idx: np.ndarray, val_i
     """The flow of a prior with config ``cfg`` (its ``flow_*`` settings and seed) fitted to the encoded training
     days ``train_idx`` with early stopping on ``val_idx`` (module docstring); frozen, on ``device``."""
     s = FlowSettings.from_config(cfg)
-    rot = FLOW_ROTATIONS if cfg.zonal_symmetry else 1
+    rot = cfg.flow_rotations if cfg.zonal_symmetry else 1
     z_tr = encoded_latents(encode, anomalies, np.asarray(train_idx), s.fit_on, s.samples, cfg.seed, rot)
     z_va = encoded_latents(encode, anomalies, np.asarray(val_idx), s.fit_on, s.samples, cfg.seed + 1, rot)
     threads = torch.get_num_threads()
