@@ -109,3 +109,14 @@ def test_assimilation_with_a_flow_prior_keeps_the_layout(flow_prior):
     err = float(np.sqrt(((pae["air_temperature"].values[0] - truth) ** 2).mean()))
     prior_err = float(np.sqrt(((fields["air_temperature"].mean("time").values - truth) ** 2).mean()))
     assert err < prior_err  # the observations pulled the analysis towards the truth
+
+
+def test_train_prior_with_flow_prior_fits_the_flow_after_the_vae():
+    from latentda.prior import train_prior
+    from latentda.testing import TINY_PRIOR_CONFIG
+
+    prior = train_prior(synthetic_fields(seed=0), dict(TINY_PRIOR_CONFIG, seed=0, flow_prior=True, **SMALL),
+                        progress=False)
+    assert prior.flow is not None and prior.flow.fit_info["n_train"] > 0
+    vae = tiny_prior(0).model.state_dict()
+    assert all(torch.equal(t, vae[k]) for k, t in prior.model.state_dict().items())  # same VAE, flow on top
