@@ -179,11 +179,17 @@ def score_day(out: xr.Dataset, truth: xr.Dataset, clim: xr.Dataset, day) -> dict
     return res
 
 
+def _nanmean(values: list[float]) -> float:
+    """Mean of the finite values; NaN (no warning) when there is none (a diagnostic the method does not write)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+
+
 def aggregate(day_scores: list[dict], seconds: list[float], diags: list[dict]) -> dict:
     """Average per-day components into the reported scores (module docstring)."""
     out = {"days": len(day_scores), "seconds_per_day": float(np.median(seconds)),
            "seconds_per_day_mean": float(np.mean(seconds)),
-           "diagnostics": {k: float(np.nanmean([d[k] for d in diags])) for k in diags[0]}}
+           "diagnostics": {k: _nanmean([d[k] for d in diags]) for k in diags[0]}}
     for unit in ("phys", "std"):
         per_var = {}
         for v in VARIABLES:
