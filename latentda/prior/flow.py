@@ -168,7 +168,9 @@ def gaussian_nll(z: torch.Tensor) -> float:
 def fit_flow(z_train: torch.Tensor, z_val: torch.Tensor, settings: FlowSettings, seed: int) -> LatentFlow:
     """Fit a :class:`LatentFlow` by maximum likelihood to latents ``z_train`` (N, d), early stopping on ``z_val``
     (N_val, d) (module docstring). Returns the frozen flow of the best held-out epoch on ``z_train``'s device;
-    ``flow.fit_info`` holds the held-out NLL per dimension of the flow and of N(0, I), epochs and seconds."""
+    ``flow.fit_info`` holds the held-out NLL per dimension of the flow and of N(0, I), epochs and seconds.
+    The initial weights come from torch's global generator seeded with ``seed`` (callers that must not disturb
+    it wrap the call in ``torch.random.fork_rng``, as :func:`latentda.prior.flowfit.fit_prior_flow` does)."""
     if z_train.ndim != 2 or z_val.ndim != 2 or z_val.shape[1] != z_train.shape[1]:
         raise ValueError(f"latents must be (N, d) with equal d, got {tuple(z_train.shape)} and {tuple(z_val.shape)}")
     if z_train.shape[0] < 2 or z_val.shape[0] < 1:
