@@ -53,19 +53,19 @@ class PriorConfig(BaseModel):
     # -- flow prior (latentda.prior.flow; issue 12): the assimilation searches u with z = f(u), u ~ N(0, I) --
     flow_prior: bool = Field(False, description="fit a normalising flow z = f(u) to the encoded training days "
                              "after the VAE (latentda.prior.flow); the assimilation then uses g∘f and ½‖u‖²")
-    flow_transforms: int = Field(4, ge=1, description="coupling spline transforms of the flow")
-    flow_hidden: int = Field(128, ge=1, description="hidden width of each flow conditioner")
+    flow_transforms: int = Field(2, ge=1, description="coupling spline transforms of the flow")
+    flow_hidden: int = Field(64, ge=1, description="hidden width of each flow conditioner")
     flow_hidden_layers: int = Field(2, ge=1, description="hidden layers of each flow conditioner")
     flow_bins: int = Field(8, ge=2, description="rational-quadratic spline bins")
-    flow_epochs: int = Field(100, ge=1, description="maximum flow epochs")
+    flow_epochs: int = Field(60, ge=1, description="maximum flow epochs")
     flow_batch_size: int = Field(256, ge=1)
     flow_learning_rate: float = Field(1e-3, gt=0, description="flow AdamW learning rate")
     flow_weight_decay: float = Field(1e-5, ge=0, description="flow AdamW decoupled weight decay")
-    flow_patience: int = Field(10, ge=1, description="flow epochs without held-out improvement before stopping")
+    flow_patience: int = Field(5, ge=1, description="flow epochs without held-out improvement before stopping")
     flow_fit_on: Literal["mean", "sample"] = Field("mean", description="fit the flow to encoder means mu(x) or "
                                                    "to posterior samples mu + sigma * eps")
     flow_samples: int = Field(1, ge=1, description="posterior samples per day for flow_fit_on='sample'")
-    flow_rotations: int = Field(8, ge=1, description="evenly spaced longitude rotations of every training day "
+    flow_rotations: int = Field(1, ge=1, description="evenly spaced longitude rotations of every training day "
                                 "for zonally symmetric data (zonal_symmetry; 1: none)")
 
     @model_validator(mode="after")

@@ -41,15 +41,15 @@ FLOW_FORMAT_VERSION = 1
 class FlowSettings:
     """Architecture and fit of the latent flow (:class:`latentda.prior.PriorConfig` ``flow_*`` fields)."""
 
-    transforms: int = 4          # coupling spline transforms
-    hidden: int = 128            # width of each conditioner's hidden layers
+    transforms: int = 2          # coupling spline transforms
+    hidden: int = 64             # width of each conditioner's hidden layers
     hidden_layers: int = 2       # hidden layers per conditioner
     bins: int = 8                # spline bins K
-    epochs: int = 100            # maximum epochs
+    epochs: int = 60             # maximum epochs
     batch_size: int = 256
     learning_rate: float = 1e-3  # Adam
     weight_decay: float = 1e-5   # AdamW decoupled weight decay
-    patience: int = 10           # epochs without held-out improvement before stopping
+    patience: int = 5            # epochs without held-out improvement before stopping
     fit_on: Literal["mean", "sample"] = "mean"   # encoder means mu(x) or posterior samples mu + sigma * eps
     samples: int = 1             # posterior samples per day when fit_on="sample"
 
