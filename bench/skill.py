@@ -35,6 +35,13 @@ How to run (from the repository root)::
     .venv/bin/python bench/skill.py --days 12 --members 16 --sizes 25,400 --methods climatology,oi,latent
     .venv/bin/python bench/skill.py --quick --synthetic --threads 1   # stable timings on a busy machine
     .venv/bin/python bench/skill.py --prior prior.pt --methods latent,smoother,latent_window --window 1
+    .venv/bin/python bench/skill.py --prior prior.pt --methods latent --kinds random --sizes 25,100,400 \
+        --priors vae,pae --flow-prior pae.pt --samplers rto,laplace,langevin --threads 1   # flow prior x samplers
+
+``--priors vae,pae`` x ``--samplers rto,laplace,langevin`` run the ``latent`` method once per pair (``pae``: the
+prior with a latent flow, ``--flow-prior PATH`` or fitted by ``latentda.prior.add_flow`` on the training years;
+labels ``pae/langevin`` etc., plain ``latent`` for vae + rto). The ``rank`` columns are the rank-histogram flatness
+chi2 / N of the members' ranks pooled over the evaluation days (0 is flat).
 
 ``--quick``: 3 evaluation days, sizes 25 and 400, 8 members and 3 seed-search restarts (the paper's 10 sequential
 restarts dominate the run time), a prior trained for at most ``--prior-minutes`` (default 3 in quick mode). Without
@@ -160,6 +167,7 @@ def score_day(out: xr.Dataset, truth: xr.Dataset, clim: xr.Dataset, day) -> dict
                 row["cov"] = float(metrics.interval_coverage(e, yt, 0.9))
                 # spread/skill uses the members' mean, as metrics.spread_skill_ratio does
                 row["mse_ens"] = float(metrics.mse(e.mean("member"), yt))
+                row["ranks"] = metrics.rank_histogram(e, yt)
             else:
                 sd = _da(sc(spread), out)
                 row["crps"] = float(metrics.crps_gaussian(mu, sd, yt))
@@ -171,16 +179,23 @@ def score_day(out: xr.Dataset, truth: xr.Dataset, clim: xr.Dataset, day) -> dict
     return res
 
 
+def _nanmean(values: list[float]) -> float:
+    """Mean of the finite values; NaN (no warning) when there is none (a diagnostic the method does not write)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+
+
 def aggregate(day_scores: list[dict], seconds: list[float], diags: list[dict]) -> dict:
     """Average per-day components into the reported scores (module docstring)."""
     out = {"days": len(day_scores), "seconds_per_day": float(np.median(seconds)),
            "seconds_per_day_mean": float(np.mean(seconds)),
-           "diagnostics": {k: float(np.nanmean([d[k] for d in diags])) for k in diags[0]}}
+           "diagnostics": {k: _nanmean([d[k] for d in diags]) for k in diags[0]}}
     for unit in ("phys", "std"):
         per_var = {}
         for v in VARIABLES:
             rows = [d[v][unit] for d in day_scores]
             mse = np.array([r["mse"] for r in rows])
+            ranks = np.sum([r["ranks"] for r in rows], axis=0) if "ranks" in rows[0] else None
             per_var[v] = {
                 "rmse": float(np.mean(np.sqrt(mse))),
                 "bias": float(np.mean([r["bias"] for r in rows])),
@@ -188,16 +203,27 @@ def aggregate(day_scores: list[dict], seconds: list[float], diags: list[dict]) -
                 "spread_skill": float(np.sqrt(np.mean([r["var"] for r in rows]))
                                       / np.sqrt(np.mean([r["mse_ens"] for r in rows]))),
                 "coverage90": float(np.mean([r["cov"] for r in rows])),
+                # rank-histogram flatness chi2 / N of the histogram pooled over days (0: flat; metrics docs)
+                "rank_chi2": metrics.rank_histogram_chi2(ranks)[1] if ranks is not None else float("nan"),
+                "rank_counts": ranks.tolist() if ranks is not None else None,
             }
         out[unit] = per_var
     out["headline"] = dict(out["phys"][HEADLINE], variable=HEADLINE)
     out["all_standardised"] = {k: float(np.mean([out["std"][v][k] for v in VARIABLES]))
-                               for k in ("rmse", "crps", "spread_skill", "coverage90")}
+                               for k in ("rmse", "crps", "spread_skill", "coverage90", "rank_chi2")}
     return out
 
 
 # -- driver --------------------------------------------------------------------------------------------------------
-def run_method(name: str, models: dict, obs: pd.DataFrame, day, args) -> xr.Dataset:
+def variants(method: str, args) -> list[dict]:
+    """The runs of one method: ``latent`` once per (prior, sampler) of ``--priors`` x ``--samplers``."""
+    if method != "latent":
+        return [{"label": method}]
+    return [{"label": "latent" if (p, s) == ("vae", "rto") else f"{p}/{s}", "prior": p, "sampler": s}
+            for p in args.priors for s in args.samplers]
+
+
+def run_method(name: str, models: dict, obs: pd.DataFrame, day, args, variant: dict | None = None) -> xr.Dataset:
     if name == "climatology":
         return baselines.climatology(models["clim_bg"], obs, day, members=args.members, seed=args.seed)
     if name == "oi":
@@ -212,8 +238,10 @@ def run_method(name: str, models: dict, obs: pd.DataFrame, day, args) -> xr.Data
         return baselines.seed_search(models["prior"], obs, day, members=args.seed_restarts, seed=args.seed,
                                      keep_members=True)
     if name == "latent":
-        return latentda.assimilate(models["prior"], obs, day, members=args.members, seed=args.seed,
-                                   keep_members=True, **args.latent_options)
+        v = variant or {"prior": "vae", "sampler": "rto"}
+        opts = dict(args.latent_options, sampler=v["sampler"])
+        return latentda.assimilate(models["pae" if v["prior"] == "pae" else "prior"], obs, day,
+                                   members=args.members, seed=args.seed, keep_members=True, **opts)
     if name == "smoother":
         return baselines.linear_smoother(models["smoother"], obs, day, members=args.members, seed=args.seed,
                                          window=args.window)
@@ -228,22 +256,24 @@ def members_of(name: str, args) -> int:
 
 
 def format_table(records: list[dict]) -> str:
-    hdr = (f"{'network':<10} {'n':>5} {'method':<12} {'M':>3} | {'T rmse':>7} {'T crps':>7} {'T ssr':>6} "
-           f"{'T cov':>6} | {'all rmse':>8} {'all crps':>8} {'all ssr':>7} {'all cov':>7} | "
-           f"{'s/day':>7} {'iter':>5}")
+    hdr = (f"{'network':<10} {'n':>5} {'method':<15} {'M':>3} | {'T rmse':>7} {'T crps':>7} {'T ssr':>6} "
+           f"{'T cov':>6} {'T rank':>6} | {'all rmse':>8} {'all crps':>8} {'all ssr':>7} {'all cov':>7} "
+           f"{'all rank':>8} | {'s/day':>7} {'iter':>5}")
     lines = [hdr, "-" * len(hdr)]
     for r in records:
         h, a = r["headline"], r["all_standardised"]
         m = str(r["members"]) if r["members"] else "-"
-        lines.append(f"{r['network']:<10} {r['stations']:>5} {r['method']:<12} {m:>3} | "
-                     f"{h['rmse']:7.3f} {h['crps']:7.3f} {h['spread_skill']:6.2f} {h['coverage90']:6.2f} | "
-                     f"{a['rmse']:8.3f} {a['crps']:8.3f} {a['spread_skill']:7.2f} {a['coverage90']:7.2f} | "
+        lines.append(f"{r['network']:<10} {r['stations']:>5} {r.get('label', r['method']):<15} {m:>3} | "
+                     f"{h['rmse']:7.3f} {h['crps']:7.3f} {h['spread_skill']:6.2f} {h['coverage90']:6.2f} "
+                     f"{h['rank_chi2']:6.3f} | {a['rmse']:8.3f} {a['crps']:8.3f} {a['spread_skill']:7.2f} "
+                     f"{a['coverage90']:7.2f} {a['rank_chi2']:8.3f} | "
                      f"{r['seconds_per_day']:7.2f} {r['diagnostics']['iterations']:5.0f}")
     return "\n".join(lines)
 
 
 LEGEND = ("T = air_temperature (K); all = mean over the 4 variables in climatological-std units; rmse, crps "
-          "(fair ensemble CRPS, Gaussian for M = -), ssr = spread/skill, cov = 90 % interval coverage; "
+          "(fair ensemble CRPS, Gaussian for M = -), ssr = spread/skill, cov = 90 % interval coverage; rank = "
+          "rank-histogram flatness chi2/N pooled over days (0 flat; metrics.rank_histogram_chi2); "
           "M = members (- : mean + analytic spread); s/day = median wall seconds per analysed day; iter = mean "
           "solver iterations per member.")
 
@@ -281,6 +311,10 @@ def parse_args(argv=None):
                    help="restarts of the seed search (default 10 as in the paper; 3 with --quick)")
     p.add_argument("--latent-options", type=json.loads, default={},
                    help='JSON dict of keyword options for latentda.assimilate, e.g. \'{"repr_scale": 1.2}\'')
+    p.add_argument("--samplers", default="rto", help="comma list of latent samplers: rto, laplace, langevin")
+    p.add_argument("--priors", default="vae", help="comma list: vae (the --prior), pae (the same with a flow)")
+    p.add_argument("--flow-prior", default=None,
+                   help="the pae prior checkpoint (default: latentda.prior.add_flow on the training years)")
     p.add_argument("--window", type=int, default=1,
                    help="half-width k (days) of the window methods smoother and latent_window")
     p.add_argument("--window-prior", default=None,
@@ -301,6 +335,10 @@ def parse_args(argv=None):
     args.sizes = [int(s) for s in (args.sizes or ("25,400" if args.quick else "25,100,400,1600")).split(",")]
     args.kinds = [k for k in args.kinds.split(",") if k]
     args.methods = [m for m in args.methods.split(",") if m]
+    args.samplers = [x for x in args.samplers.split(",") if x]
+    args.priors = [x for x in args.priors.split(",") if x]
+    if set(args.priors) - {"vae", "pae"} or set(args.samplers) - {"rto", "laplace", "langevin"}:
+        p.error(f"--priors {args.priors} / --samplers {args.samplers}: choose from vae, pae / rto, laplace, langevin")
     bad = [m for m in args.methods if m not in ALL_METHODS]
     if bad:
         p.error(f"unknown method(s) {bad}; choose from {list(ALL_METHODS)}")
@@ -340,6 +378,18 @@ def main(argv=None) -> dict:
     else:
         clim = fit_climatology(train, VARIABLES, args.harmonics)
     models["clim_bg"] = clim
+    if "latent" in args.methods and "pae" in args.priors:
+        t0 = _time.perf_counter()
+        if args.flow_prior:
+            models["pae"] = latentda.load_prior(args.flow_prior, device=args.device)
+        else:
+            from latentda.prior import add_flow
+
+            models["pae"] = add_flow(models["prior"], train)
+        info["pae"] = {"source": args.flow_prior or "add_flow", "flow": models["pae"].flow.info(),
+                       "seconds": round(_time.perf_counter() - t0, 1)}
+        print(f"pae prior: flow held-out NLL/dim {models['pae'].flow.fit_info.get('val_nll', float('nan')):.4f} "
+              f"(N(0, I): {models['pae'].flow.fit_info.get('val_nll_gaussian', float('nan')):.4f})", flush=True)
     if "latent_window" in args.methods:
         t0 = _time.perf_counter()
         if args.window_prior:
@@ -399,19 +449,22 @@ def main(argv=None) -> dict:
             stations = network(kind, size, args.seed)
             obs_all = sample_observations(heldout, stations, VARIABLES, errors=DEFAULT_ERRORS, seed=args.seed,
                                           times=obs_days)
-            for method in args.methods:
+            for method, variant in [(m, v) for m in args.methods for v in variants(m, args)]:
                 scores, secs, diags = [], [], []
                 for day in days:
                     k = args.window if method in WINDOW_METHODS else 0
                     lo, hi = pd.Timestamp(day) - pd.Timedelta(days=k), pd.Timestamp(day) + pd.Timedelta(days=k)
                     obs = obs_all[(obs_all["time"] >= lo) & (obs_all["time"] <= hi)]
                     t0 = _time.perf_counter()
-                    out = run_method(method, models, obs, pd.Timestamp(day), args)
+                    out = run_method(method, models, obs, pd.Timestamp(day), args, variant)
                     secs.append(_time.perf_counter() - t0)
                     scores.append(score_day(out, heldout, clim, pd.Timestamp(day)))
-                    diags.append({k: float(out[k].values[0]) for k in
-                                  ("obs_used", "fit_before", "fit_after", "iterations", "converged_fraction")})
-                rec = {"network": kind, "stations": size, "method": method, "members": members_of(method, args),
+                    diags.append({k: float(out[k].values[0]) if k in out else float("nan") for k in
+                                  ("obs_used", "fit_before", "fit_after", "iterations", "converged_fraction",
+                                   "acceptance_rate", "ess")})
+                rec = {"network": kind, "stations": size, "method": method, "label": variant["label"],
+                       "prior_kind": variant.get("prior"), "sampler": variant.get("sampler"),
+                       "members": members_of(method, args),
                        **aggregate(scores, secs, diags)}
                 records.append(rec)
                 print(format_table([rec]).splitlines()[-1], flush=True)

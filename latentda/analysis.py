@@ -8,7 +8,8 @@ Layout (the archive variables of ARCHITECTURE.md, for a single day)::
     obs_used, obs_rejected (time,) int; fit_before, fit_after (time,) float: RMS of (y - H(x)) / sigma over the
     used observations for the background (prior) mean and the analysis mean; cost, iterations (time,),
     converged_fraction (time,), no_obs (time,) bool; windowed methods add window_days_observed and
-    obs_outside_window (time,) int (:data:`WINDOW_DIAGNOSTICS`).
+    obs_outside_window (time,) int (:data:`WINDOW_DIAGNOSTICS`); the Langevin sampler adds acceptance_rate, ess
+    and step_size (time,) float (:data:`SAMPLER_DIAGNOSTICS`).
 
 attrs: ``latentda:method``, ``latentda:qc`` (JSON counts per QC reason) and any method options.
 """
@@ -43,6 +44,15 @@ WINDOW_DIAGNOSTICS = {
     "window_days_observed": {"long_name": "days of the assimilation window with observations", "units": "1"},
     "obs_outside_window": {"long_name": "observations ignored because outside the assimilation window",
                            "units": "1"},
+}
+
+
+#: Written only by the Langevin sampler (latentda.da.samplers).
+SAMPLER_DIAGNOSTICS = {
+    "acceptance_rate": {"long_name": "Metropolis-adjusted Langevin acceptance rate after the burn-in", "units": "1"},
+    "ess": {"long_name": "effective sample size of the Langevin chains (minimum over latent coordinates)",
+            "units": "1"},
+    "step_size": {"long_name": "Langevin step size h after the burn-in", "units": "1"},
 }
 
 
@@ -82,6 +92,9 @@ def analysis_dataset(members: np.ndarray, variables: Sequence[str], grid: Grid, 
     for name, attrs_ in WINDOW_DIAGNOSTICS.items():
         if name in diagnostics:
             data[name] = (("time",), np.array([diagnostics[name]]).astype(np.int32), attrs_)
+    for name, attrs_ in SAMPLER_DIAGNOSTICS.items():
+        if name in diagnostics:
+            data[name] = (("time",), np.array([diagnostics[name]]).astype(np.float32), attrs_)
     coords = {"time": t, "lat": ("lat", grid.lat, {"units": "degrees_north", "standard_name": "latitude"}),
               "lon": ("lon", grid.lon, {"units": "degrees_east", "standard_name": "longitude"})}
     if keep_members:

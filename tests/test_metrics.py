@@ -172,3 +172,38 @@ def test_obs_space_departure_stats():
     assert row["oma_mean"] == pytest.approx(d.mean() - 1.0)
     norm = metrics.departure_stats(obs, metrics.departures(bg, obs), normalised=True)
     assert norm.loc["t", "rms"] == pytest.approx(np.sqrt(np.mean((d / 2) ** 2)))
+
+
+def test_crps_against_properscoring_plain_and_fair():
+    properscoring = pytest.importorskip("properscoring")
+    rng = np.random.default_rng(7)
+    m = 9
+    ens = rng.normal(size=(50, m))
+    y = rng.normal(size=50)
+    plain = metrics.crps_ensemble_pointwise(xr.DataArray(ens, dims=("x", "member")), xr.DataArray(y, dims=("x",)),
+                                            fair=False).values
+    ref = properscoring.crps_ensemble(y, ens)  # properscoring is the plain (non-fair) estimator
+    np.testing.assert_allclose(plain, ref, rtol=1e-12, atol=1e-12)
+    fair = metrics.crps_ensemble_pointwise(xr.DataArray(ens, dims=("x", "member")), xr.DataArray(y, dims=("x",))).values
+    pair = np.abs(ens[:, :, None] - ens[:, None, :]).sum(axis=(1, 2))
+    np.testing.assert_allclose(fair, ref - pair / (2 * m * m * (m - 1)), rtol=1e-12, atol=1e-12)
+    assert np.all(fair < ref)
+
+
+def test_rank_histogram_and_its_flatness():
+    rng = np.random.default_rng(3)
+    m, n = 9, 20000
+    ens = xr.DataArray(rng.normal(size=(m, n)), dims=("member", "x"))
+    calibrated = metrics.rank_histogram(ens, xr.DataArray(rng.normal(size=n), dims=("x",)))
+    assert calibrated.shape == (m + 1,) and calibrated.sum() == n
+    chi2, per_point = metrics.rank_histogram_chi2(calibrated)
+    assert chi2 < 30.0  # chi-square with 9 dof: P(> 30) < 0.001
+    wide = metrics.rank_histogram(ens, xr.DataArray(3.0 * rng.normal(size=n), dims=("x",)))  # under-dispersive
+    assert metrics.rank_histogram_chi2(wide)[1] > 20 * per_point
+    assert wide[0] > n / (m + 1) * 2 and wide[-1] > n / (m + 1) * 2  # U shape
+    # by hand: truth 2.5 among members 1, 2, 3 is rank 2
+    assert metrics.rank_histogram(xr.DataArray([[1.0], [2.0], [3.0]], dims=("member", "x")),
+                                  xr.DataArray([2.5], dims=("x",))).tolist() == [0, 0, 1, 0]
+    assert metrics.rank_histogram_chi2(np.array([0, 0, 4, 0])) == (12.0, 3.0)
+    with pytest.raises(ValueError, match="empty"):
+        metrics.rank_histogram_chi2(np.zeros(4))

@@ -12,9 +12,10 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
-__all__ = ["AssimilationOptions", "as_options", "REPR_MODES"]
+__all__ = ["AssimilationOptions", "as_options", "REPR_MODES", "SAMPLERS"]
 
 REPR_MODES = ("augmented", "likelihood", "none")
+SAMPLERS = ("rto", "laplace", "langevin")
 
 
 class AssimilationOptions(BaseModel):
@@ -56,6 +57,26 @@ class AssimilationOptions(BaseModel):
         None, ge=0, description="half-width k in days of the assimilation window [d - k, d + k] "
                                 "(latentda.da.window); None: the prior's (0 for a day prior, PriorConfig.window "
                                 "for a window prior); k >= 1 needs a window prior")
+    # -- posterior samplers (latentda.da.samplers; issue 12) --------------------------------------------------
+    sampler: str = Field("rto", description="'rto' (randomise-then-optimise), 'laplace' (Gaussian at the MAP, "
+                                            "Gauss-Newton covariance) or 'langevin' (MALA from the MAP)")
+    langevin_steps: StrictInt = Field(100, description="MALA steps after the burn-in (>= 1)")
+    langevin_burnin: StrictInt = Field(100, ge=0, description="MALA burn-in steps adapting the step size")
+    langevin_target_accept: float = Field(0.574, gt=0, lt=1, description="acceptance rate the burn-in adapts to")
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        if v not in SAMPLERS:
+            raise ValueError(f"sampler={v!r} is not one of {list(SAMPLERS)}")
+        return v
+
+    @field_validator("langevin_steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError(f"langevin_steps={v} must be >= 1 (MALA steps after the burn-in)")
+        return v
 
     @field_validator("qc_threshold")
     @classmethod

@@ -61,6 +61,7 @@ from .obs_covariance import observation_covariance
 from ..prior.residual import remainder_std
 from .ensemble import (STREAM_LATENT, STREAM_MODES, STREAM_OBS, STREAM_REPR, RepresentationError, day_ordinal,
                        default_length_scale_km, member_normals)
+from .samplers import posterior_mode, sample_members, sampler_attrs
 from .solver import minimize_batched
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def run_attrs(prior, members: int, seed: int, opts: AssimilationOptions, rep: Re
             "repr_scale": float(opts.repr_scale) if mode != "none" else None,
             "residual_modes": rep.n_modes if rep is not None else 0,
             "perturb_obs": bool(opts.perturb_obs), "adam_steps": int(opts.adam_steps),
-            "precondition": bool(opts.precondition)}
+            "precondition": bool(opts.precondition), **sampler_attrs(opts)}
 
 
 def reject_gross(table: pd.DataFrame, usable: np.ndarray, op: PointOperator, xg_all: torch.Tensor, std: torch.Tensor,
@@ -182,15 +183,13 @@ def solve_members(cost: LatentCost, y64: np.ndarray, opts: AssimilationOptions, 
     """Minimise every member's cost J_m (module docstring). With ``opts.precondition``: first the posterior mode
     ẑ of the unperturbed cost (z_p = 0, ỹ = ``y64``), then the Gauss-Newton inverse Hessian at ẑ as the solver's
     H_0 and linearised member starts. Returns (:class:`~latentda.da.solver.SolverResult`, mode-solve iterations)."""
-    z_p, dev = cost.z_prior, cost.z_prior.device
+    z_p = cost.z_prior
     solve = opts.solver()
     h0, z0, mode_iterations = None, z_p, 0
     if opts.precondition:
         # 1) posterior mode ẑ of the unperturbed problem (z_p = 0, ỹ = y): one cheap single-member solve
-        zero = torch.zeros((1, z_p.shape[1]), device=dev)
-        cost0 = cost.with_members(zero, torch.as_tensor(y64[None], device=dev))
-        r0 = minimize_batched(cost0.value_and_grad, zero, **solve)
-        z_hat, mode_iterations = r0.z[0], int(r0.iterations[0])
+        z_hat, r0 = posterior_mode(cost, y64, opts)
+        mode_iterations = int(r0.iterations[0])
         # 2) Gauss-Newton (Laplace) inverse Hessian at ẑ, shared by all members as the solver's H_0
         h0, hz_hat, w = cost.linearise(z_hat)
         if bool(torch.isfinite(h0).all()):
@@ -206,11 +205,17 @@ def solve_members(cost: LatentCost, y64: np.ndarray, opts: AssimilationOptions, 
     return minimize_batched(cost.value_and_grad, z0, h0=h0, **solve), mode_iterations
 
 
-def analyse_members(cost: LatentCost, eta_p: torch.Tensor, y64: np.ndarray, opts: AssimilationOptions, day):
-    """Solve every member (:func:`solve_members`) and return (x_m (M, C', nlat, nlon) physical, solver result,
-    mode-solve iterations): x_m = g(z_m), plus for ``representation_error="augmented"`` the conditional eta update
-    x_m = g(z_m) + eta_p,m + B_eta Hᵀ R⁻¹ (ỹ_m − H g(z_m)) with R = ``cost.covariance``."""
-    res, mode_iterations = solve_members(cost, y64, opts, day)
+def analyse_members(cost: LatentCost, eta_p: torch.Tensor, y64: np.ndarray, opts: AssimilationOptions, day,
+                    seed: int = 0, extra: dict | None = None):
+    """The members' latents by ``opts.sampler`` (RTO: :func:`solve_members`; "laplace", "langevin":
+    :mod:`latentda.da.samplers`, random numbers from ``seed`` and the day, diagnostics into ``extra``), then
+    (x_m (M, C', nlat, nlon) physical, solver result, mode-solve iterations): x_m = g(z_m), plus for
+    ``representation_error="augmented"`` the conditional eta update x_m = g(z_m) + eta_p,m + B_eta Hᵀ R⁻¹ (ỹ_m −
+    H g(z_m)) with R = ``cost.covariance`` (for every sampler: a draw of eta given z_m and y)."""
+    if opts.sampler == "rto":
+        res, mode_iterations = solve_members(cost, y64, opts, day)
+    else:
+        res, mode_iterations = sample_members(cost, y64, opts, seed, day_ordinal(day), extra)
     with torch.no_grad():
         xa = cost.fields(res.z)
         if opts.representation_error == "augmented":
@@ -287,6 +292,9 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
         of S Sᵀ below 1e-6 of the largest dropped, r ≈ 0.55 npts at 48 × 96; 0: full rank, r = npts, equal to
         the dense form to round-off; :mod:`latentda.da.lowrank`).
         ``window``: None or 0 here (a k >= 1 is the windowed analysis, :mod:`latentda.da.window`).
+        ``sampler``: "rto" (default, the cost above), "laplace" (MAP + Gauss-Newton Gaussian) or "langevin"
+        (preconditioned MALA from the MAP; ``langevin_steps``, ``langevin_burnin``, ``langevin_target_accept``;
+        diagnostics acceptance_rate, ess, step_size): :mod:`latentda.da.samplers`; eta is updated as for RTO.
 
     Cost and memory: besides the decoder passes, "obs": O(n²) memory and O(n³) time for the Cholesky factor of
     R and O(n · nlat · nlon) for Gᵀ (n used observations); "grid": O(n) + O(C r³) time, O(npts r + C r²) memory,
@@ -407,7 +415,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
 
     obs_term = dict(covariance=rcov) if rcov is not None else dict(sigma=sigma)
     cost = LatentCost(prior, op, mean, std, z_p, target, **obs_term)
-    xa, res, mode_iterations = analyse_members(cost, eta_p, y64, opts, day)
+    xa, res, mode_iterations = analyse_members(cost, eta_p, y64, opts, day, seed, diag)
     diag.update(solution_diagnostics(op, xa, xb, y64, sig64, res))
     log.info("%s: %d obs used, %d rejected, fit %.3f -> %.3f, %d iterations (%d evaluations; mode %d), %.0f%% "
              "converged, %.2f s", day.date(), n, diag["obs_rejected"], diag["fit_before"], diag["fit_after"],

@@ -154,6 +154,9 @@ def assimilate_window(prior, observations: pd.DataFrame, time, members: int = 32
     k = getattr(prior, "window", 0) if opts.window is None else opts.window
     if k:
         prior.require_window(f"assimilate_window(window={k})", window=True)
+        if opts.sampler != "rto":
+            raise ValueError(f"sampler={opts.sampler!r} is per-day only; the window analysis (window={k}) samples "
+                             "by RTO (sampler='rto')")
     with _strict_float32(torch.device(prior.device)):
         return _assimilate_window(prior, observations, time, int(k), int(members), int(seed),
                                   keep_members=bool(keep_members), opts=opts)

@@ -152,3 +152,31 @@ def interval_coverage_gaussian(mean: XrObj, std: XrObj, truth: XrObj, level: flo
     z = float(ndtri((1 + level) / 2))
     inside = (np.abs(truth - mean) <= z * std).astype(np.float64)
     return spatial_mean(inside, dims)
+
+
+def rank_histogram(ensemble: XrObj, truth: XrObj, member_dim: str = MEMBER) -> np.ndarray:
+    """Rank (Talagrand) histogram: counts (M + 1,) int64 of the rank of the truth among the M members at every
+    point, rank = #{m : x_m < y} (0 .. M). Points where the truth or any member is not finite are skipped. A truth
+    exchangeable with the members gives a flat histogram in expectation."""
+    m = _n_members(ensemble, member_dim)
+    x = np.moveaxis(np.asarray(ensemble.transpose(member_dim, ...).values, dtype=np.float64), 0, -1)
+    y = np.broadcast_to(np.asarray(truth.values, dtype=np.float64), x.shape[:-1])
+    ok = np.isfinite(y) & np.isfinite(x).all(axis=-1)
+    ranks = (x[ok] < y[ok][:, None]).sum(axis=-1)
+    return np.bincount(ranks, minlength=m + 1).astype(np.int64)
+
+
+def rank_histogram_chi2(counts: np.ndarray) -> tuple[float, float]:
+    """Flatness of a rank histogram ``counts`` (K,): (chi2, chi2 / N). Pearson's statistic against the flat
+    histogram, ``chi2 = sum_k (n_k - N/K)^2 / (N/K)``, N = sum_k n_k (K - 1 degrees of freedom for independent
+    points), and ``chi2 / N = K sum_k (f_k - 1/K)^2`` (f_k = n_k / N), which does not grow with the number of
+    points: 0 for a flat histogram, K - 1 when every truth falls into one bin."""
+    n = np.asarray(counts, dtype=np.float64)
+    if n.ndim != 1 or n.size < 2 or np.any(n < 0):
+        raise ValueError(f"counts must be a 1-D array of >= 2 non-negative bin counts, got {n!r}")
+    total = n.sum()
+    if total <= 0:
+        raise ValueError("rank histogram is empty (no counted points)")
+    expected = total / n.size
+    chi2 = float(((n - expected) ** 2).sum() / expected)
+    return chi2, chi2 / float(total)

@@ -11,7 +11,8 @@ Public API::
 Modules: ``config`` (PriorConfig; light, no torch), ``vae`` (network and loss terms), ``train`` (train_prior),
 ``checkpoint`` (Prior, checkpoint format), ``loading`` (load_prior), ``residual`` (leading modes of the
 reconstruction residual),
-``transition`` (the latent Markov chain of a window prior; ``train.add_window`` fits one to a day prior).
+``transition`` (the latent Markov chain of a window prior; ``train.add_window`` fits one to a day prior),
+``flow`` (the latent normalising flow z = f(u) of a flow prior; ``flowfit.add_flow`` fits one to a VAE prior).
 Everything but ``config`` is imported on first use, so the run config can be validated without importing torch.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ _LAZY = {
     "FORMAT_VERSION": "checkpoint", "train_prior": "train", "training_summary": "train", "ConvVAE": "vae",
     "residual_modes": "residual", "remainder_std": "residual", "add_window": "train",
     "LatentTransition": "transition", "fit_transition": "transition",
+    "LatentFlow": "flow", "fit_flow": "flow", "add_flow": "flowfit",
 }
 
 __all__ = ["PriorConfig", *_LAZY]

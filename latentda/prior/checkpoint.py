@@ -25,6 +25,9 @@ transition        optional, {"A", "q_chol"}: float64 (d, d) latent transition of
                   (:mod:`latentda.prior.transition`; ``config.window`` >= 1; its fit statistics are
                   ``meta_json["transition_info"]``); absent in day priors (``config.window`` = 0, the default, also
                   for checkpoints written before windows existed)
+flow              optional, {name: float32 tensor}: the latent flow z = f(u) of a flow prior
+                  (:mod:`latentda.prior.flow`; ``config.flow_prior``; architecture, flow format version and fit
+                  statistics in ``meta_json["flow_info"]``); absent in VAE priors
 ================  ===================================================================================
 """
 from __future__ import annotations
@@ -45,6 +48,7 @@ from ..fields import to_array
 from ..grid import Grid
 from ..normalization import climatology_at
 
+from .flow import LatentFlow
 from .transition import LatentTransition
 from .vae import ConvVAE
 
@@ -120,6 +124,8 @@ class Prior:
             error covariance (see :mod:`latentda.prior.residual`).
         history: per-epoch training records (train/validation loss, beta, seconds).
         model: the :class:`~latentda.prior.vae.ConvVAE` (eval mode, parameters frozen).
+        flow: None, or the :class:`~latentda.prior.flow.LatentFlow` z = f(u) of a flow prior: then :meth:`decode`
+            is the generator g∘f of u ~ N(0, I) (the assimilation latent), :meth:`encode` stays the VAE's q(z|x).
 
     Built by :func:`latentda.prior.train_prior` or :func:`load_prior`, not directly.
     """
@@ -127,7 +133,8 @@ class Prior:
     def __init__(self, model: ConvVAE, *, config, variables: Sequence[str], grid: Grid, climatology: xr.Dataset,
                  var_attrs: dict[str, dict], provenance: dict, recon_std: np.ndarray,
                  history: list[dict] | None = None, device: str | torch.device = "auto",
-                 recon_modes: np.ndarray | None = None, transition: LatentTransition | None = None) -> None:
+                 recon_modes: np.ndarray | None = None, transition: LatentTransition | None = None,
+                 flow: LatentFlow | None = None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
@@ -155,6 +162,8 @@ class Prior:
         self._clim_cache: dict[pd.Timestamp, tuple[torch.Tensor, torch.Tensor]] = {}
         self.transition = transition
         self._check_window()
+        self.flow = None if flow is None else flow.to(self.device).freeze()
+        self._check_flow()
 
     @property
     def window(self) -> int:
@@ -169,6 +178,28 @@ class Prior:
         if self.transition is not None and self.transition.latent_dim != self.latent_dim:
             raise ValueError(f"the latent transition is {self.transition.latent_dim}-dimensional, the VAE latent "
                              f"{self.latent_dim}-dimensional")
+
+    def _check_flow(self) -> None:
+        want = bool(getattr(self.config, "flow_prior", False))
+        if want and self.flow is None:
+            raise ValueError("config.flow_prior=True (a flow prior) but no latent flow was given")
+        if not want and self.flow is not None:
+            raise ValueError("a latent flow was given to a prior with config.flow_prior=False")
+        if self.flow is not None and self.flow.latent_dim != self.latent_dim:
+            raise ValueError(f"the latent flow is {self.flow.latent_dim}-dimensional, the VAE latent "
+                             f"{self.latent_dim}-dimensional")
+        if self.flow is not None and self.window:
+            raise ValueError(f"a flow prior cannot be a window prior (window={self.window}): the latent transition "
+                             "is a model of z, the flow prior's assimilation latent is u")
+
+    def with_parts(self, config, transition: LatentTransition | None = None,
+                   flow: LatentFlow | None = None) -> "Prior":
+        """A new prior sharing this one's VAE, grid, climatology and representation-error model, with ``config``
+        and the given latent transition (window prior) or flow (flow prior); this prior is not modified."""
+        return Prior(self.model, config=config, variables=self.variables, grid=self.grid,
+                     climatology=self.climatology, var_attrs=self.var_attrs, provenance=self.provenance,
+                     recon_std=self.recon_std, history=self.history, device=self.device, recon_modes=self.recon_modes,
+                     transition=transition, flow=flow)
 
     def require_window(self, caller: str, window: bool) -> None:
         """Refuse this prior (ValueError naming ``caller`` and the prior) if ``caller`` needs a window prior
@@ -198,7 +229,8 @@ class Prior:
                              f" = (..., C, nlat, nlon) for variables {self.variables}")
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Generator g(z): (B, L) latents -> (B, C, nlat, nlon) standardised anomalies on ``self.device``.
+        """Generator g(z): (B, L) latents -> (B, C, nlat, nlon) standardised anomalies on ``self.device``; for a
+        flow prior g(f(u)) of the flow's base variable u (the latent the assimilation and :meth:`sample` use).
 
         Differentiable with respect to ``z`` (the network's own parameters are frozen). A (L,) input gives (C, nlat,
         nlon). ``z`` is moved to ``self.device`` and cast to float32.
@@ -208,7 +240,8 @@ class Prior:
             raise ValueError(f"z has shape {tuple(z.shape)}; expected (B, {self.latent_dim}) (latent_dim)")
         squeeze = z.ndim == 1
         z = z.to(device=self.device, dtype=torch.float32)
-        x = self.model.decode(z[None] if squeeze else z)
+        z = z[None] if squeeze else z
+        x = self.model.decode(z if self.flow is None else self.flow(z))
         return x[0] if squeeze else x
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,9 +253,10 @@ class Prior:
         return self.model.encode(x.to(device=self.device, dtype=torch.float32))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """g(mu(x)): (B, C, nlat, nlon) -> (B, C, nlat, nlon), standardised anomalies, no gradient."""
+        """g(mu(x)): (B, C, nlat, nlon) -> (B, C, nlat, nlon), standardised anomalies, no gradient (the VAE's
+        decoder of its encoder mean, with or without a flow)."""
         with torch.no_grad():
-            return self.decode(self.encode(x)[0])
+            return self.model.decode(self.encode(x)[0])
 
     def climatology_tensors(self, time) -> tuple[torch.Tensor, torch.Tensor]:
         """Climatological mean m(d) and standard deviation s(d) on day ``time``: two float32 (C, nlat, nlon)
@@ -347,6 +381,8 @@ class Prior:
         }
         if self.transition is not None:
             meta["transition_info"] = self.transition.info
+        if self.flow is not None:
+            meta["flow_info"] = self.flow.info()
         ckpt = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -363,6 +399,8 @@ class Prior:
             ckpt["recon_modes"] = torch.tensor(np.array(self.recon_modes, dtype=np.float32))
         if self.transition is not None:
             ckpt["transition"] = self.transition.to_tensors()
+        if self.flow is not None:
+            ckpt["flow"] = {sys.intern(k): t for k, t in self.flow.to_tensors().items()}
         return ckpt
 
     def to_bytes(self) -> bytes:

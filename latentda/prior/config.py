@@ -6,8 +6,9 @@ Only pydantic and the standard library: importing it pulls in neither torch nor 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["PriorConfig", "as_config", "check_device_name"]
 
@@ -49,6 +50,30 @@ class PriorConfig(BaseModel):
                         "uses the observations of [d - k, d + k]")
     num_threads: int | None = Field(None, ge=1, description="CPU threads while training (None: torch's setting); "
                                                             "1 is fastest for tiny models on a busy machine")
+    # -- flow prior (latentda.prior.flow; issue 12): the assimilation searches u with z = f(u), u ~ N(0, I) --
+    flow_prior: bool = Field(False, description="fit a normalising flow z = f(u) to the encoded training days "
+                             "after the VAE (latentda.prior.flow); the assimilation then uses g∘f and ½‖u‖²")
+    flow_transforms: int = Field(2, ge=1, description="coupling spline transforms of the flow")
+    flow_hidden: int = Field(64, ge=1, description="hidden width of each flow conditioner")
+    flow_hidden_layers: int = Field(2, ge=1, description="hidden layers of each flow conditioner")
+    flow_bins: int = Field(8, ge=2, description="rational-quadratic spline bins")
+    flow_epochs: int = Field(60, ge=1, description="maximum flow epochs")
+    flow_batch_size: int = Field(256, ge=1)
+    flow_learning_rate: float = Field(1e-3, gt=0, description="flow AdamW learning rate")
+    flow_weight_decay: float = Field(1e-5, ge=0, description="flow AdamW decoupled weight decay")
+    flow_patience: int = Field(5, ge=1, description="flow epochs without held-out improvement before stopping")
+    flow_fit_on: Literal["mean", "sample"] = Field("mean", description="fit the flow to encoder means mu(x) or "
+                                                   "to posterior samples mu + sigma * eps")
+    flow_samples: int = Field(1, ge=1, description="posterior samples per day for flow_fit_on='sample'")
+    flow_rotations: int = Field(1, ge=1, description="evenly spaced longitude rotations of every training day "
+                                "for zonally symmetric data (zonal_symmetry; 1: none)")
+
+    @model_validator(mode="after")
+    def _flow_not_window(self) -> "PriorConfig":
+        if self.flow_prior and self.window:
+            raise ValueError(f"flow_prior=True with window={self.window}: a flow prior is a day prior (the latent "
+                             "transition models z, the flow prior's assimilation latent is u)")
+        return self
 
     @field_validator("device")
     @classmethod

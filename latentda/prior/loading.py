@@ -16,6 +16,7 @@ import xarray as xr
 from ..grid import Grid
 from .checkpoint import FORMAT, FORMAT_VERSION, REQUIRED_KEYS, Prior, resolve_device
 from .config import PriorConfig
+from .flow import LatentFlow, flow_from_checkpoint
 from .transition import LatentTransition
 from .vae import ConvVAE
 
@@ -78,7 +79,7 @@ def prior_from_checkpoint(ckpt: dict, device: str = "auto", path: str = "<checkp
                       var_attrs=meta["var_attrs"], provenance=meta["provenance"],
                       recon_std=ckpt["recon_std"].numpy(), history=meta["history"], device=device,
                       recon_modes=ckpt["recon_modes"].numpy() if "recon_modes" in ckpt else None,
-                      transition=_transition(ckpt, meta))
+                      transition=_transition(ckpt, meta), flow=_flow(ckpt, meta, int(meta["arch"]["latent_dim"])))
     except ValueError as err:
         raise _refuse(path, f"inconsistent contents: {err}") from None
     except (KeyError, TypeError, RuntimeError, AttributeError, IndexError, json.JSONDecodeError) as err:
@@ -92,6 +93,13 @@ def _transition(ckpt: dict, meta: dict) -> LatentTransition | None:
         return None
     tr = ckpt["transition"]
     return LatentTransition(tr["A"].numpy(), tr["q_chol"].numpy(), meta.get("transition_info", {}))
+
+
+def _flow(ckpt: dict, meta: dict, latent_dim: int) -> LatentFlow | None:
+    """The latent flow of a flow-prior checkpoint (its size checked against the VAE's), None for a VAE prior."""
+    if "flow" not in ckpt:
+        return None
+    return flow_from_checkpoint(ckpt["flow"], meta.get("flow_info", {}), latent_dim)
 
 
 def load_prior(path: str, device: str = "auto", storage_options: dict | None = None) -> Prior:

@@ -31,6 +31,7 @@ from ..normalization import climatology_at, fit_climatology
 from ..runtime import git_sha
 from .checkpoint import Prior, resolve_device
 from .config import PriorConfig, as_config
+from .flowfit import fit_prior_flow
 from .residual import residual_modes
 from .transition import fit_transition
 from .vae import ConvVAE, choose_n_down, kl_divergence, weighted_sq_error
@@ -270,9 +271,10 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
         with deterministic_torch(device, cfg.num_threads):
             transition = fit_transition(model.encode, X, times, train_idx, val_idx, cfg.seed,
                                         rotations=TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1)
+    flow = fit_prior_flow(model.encode, X, train_idx, val_idx, cfg, device) if cfg.flow_prior else None
     prior = Prior(model, config=cfg, variables=variables, grid=grid, climatology=clim, var_attrs=var_attrs,
                   provenance=provenance, recon_std=recon_std, history=result["history"], device=device,
-                  transition=transition)
+                  transition=transition, flow=flow)
     if cfg.residual_modes:
         with deterministic_torch(device, cfg.num_threads):
             prior.recon_modes, info = residual_modes(prior, train_anom, cfg.residual_modes)
@@ -286,6 +288,9 @@ def add_window(prior: Prior, fields: xr.Dataset, window: int) -> Prior:
     the validation days out of the fit). Returns a new :class:`Prior`; ``prior`` is not modified."""
     if prior.window:
         raise ValueError(f"prior already is a window prior (window={prior.window}); add_window needs a day prior")
+    if prior.flow is not None:
+        raise ValueError("prior is a flow prior (config.flow_prior=True); the latent transition of a window prior "
+                         "is a model of z, not of the flow's u: use the VAE prior")
     cfg = prior.config.model_copy(update={"window": int(window)})
     cfg = PriorConfig.model_validate(cfg.model_dump())  # validates window
     if cfg.window < 1:
@@ -298,9 +303,7 @@ def add_window(prior: Prior, fields: xr.Dataset, window: int) -> Prior:
     with deterministic_torch(prior.device, cfg.num_threads):
         transition = fit_transition(prior.encode, X, times, train_idx, val_idx, cfg.seed,
                                     rotations=TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1)
-    out = Prior(prior.model, config=cfg, variables=prior.variables, grid=prior.grid, climatology=prior.climatology,
-                var_attrs=prior.var_attrs, provenance=prior.provenance, recon_std=prior.recon_std,
-                history=prior.history, device=prior.device, recon_modes=prior.recon_modes, transition=transition)
+    out = prior.with_parts(cfg, transition=transition)
     out.provenance["window_fit"] = {"data_sha256": array_sha256(to_array(fields, prior.variables, np.float32)),
                                     "period": f"{str(times[0])[:10]}/{str(times[-1])[:10]}"}
     return out
