@@ -117,7 +117,7 @@ def test_training_summary_names_early_stopping_and_epochs(prior):
 
     line = training_summary(prior)
     reason = prior.provenance["stop_reason"]
-    assert {"epochs": "all", "early_stopping": "early stopping"}[reason] in line, line
+    assert {"epochs": "the epoch limit (epochs=", "early_stopping": "early stopping"}[reason] in line, line
     assert f"after {prior.provenance['epochs_run']}/{prior.config.epochs} epoch(s)" in line
     for v in prior.variables:
         assert v in line
