@@ -231,19 +231,48 @@ def load_oi(path: str | Path) -> OIModel:
     return OIModel.load(path)
 
 
-def _bht(oi: OIModel, variable: str, Hc, chunk: int) -> np.ndarray:
-    """``B H^T`` (n, p) for a (p, n) CSR operator of one variable, built in blocks of ``chunk`` observations."""
+def _bht(oi: OIModel, variable: str, Hc, chunk: int, grid_lon: np.ndarray | None = None,
+         obs_lon: np.ndarray | None = None, factor: float = 1.0) -> np.ndarray:
+    """``B H^T`` (n, p) for a (p, n) CSR operator of one variable, built in blocks of ``chunk`` observations.
+
+    ``grid_lon`` / ``obs_lon`` (n,): the longitudes (degrees) the grid points take on the analysed side and on the
+    side ``Hc`` reads (default: the grid's own; the space-time OI passes the advected ones); ``factor`` multiplies
+    B (the space-time OI's temporal correlation)."""
     lat2d, lon2d = np.meshgrid(oi.grid.lat, oi.grid.lon, indexing="ij")
     lat_f, lon_f = lat2d.ravel(), lon2d.ravel()
+    lon_a = lon_f if grid_lon is None else grid_lon
+    lon_b = lon_f if obs_lon is None else obs_lon
     n, p = lat_f.size, Hc.shape[0]
     out = np.empty((n, p))
     for j0 in range(0, p, chunk):
         sub = Hc[j0:j0 + chunk]
         cols = np.unique(sub.indices)
-        d = chordal_distance_km(lat_f[:, None], lon_f[:, None], lat_f[cols][None], lon_f[cols][None],
+        d = chordal_distance_km(lat_f[:, None], lon_a[:, None], lat_f[cols][None], lon_b[cols][None],
                                 EARTH_RADIUS_KM)
-        out[:, j0:j0 + chunk] = oi.covariance(variable, d) @ sub[:, cols].T.toarray()
+        cov = oi.covariance(variable, d)
+        if factor != 1.0:
+            cov = cov * factor
+        out[:, j0:j0 + chunk] = cov @ sub[:, cols].T.toarray()
     return out
+
+
+def blue_update(bht: np.ndarray, hbht: np.ndarray, innovation: np.ndarray, sigma: np.ndarray,
+                prior_variance: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The BLUE of one variable in standardised units (module docstring), x_b' = 0:
+    ``x_a' = B H^T (H B H^T + R)^-1 y'``, ``var_a = v - diag(B H^T S^-1 H B)``, ``J(x_a)``.
+
+    ``bht`` (n, p), ``hbht`` (p, p), ``innovation`` y' (p,), ``sigma`` sigma' (p,), ``prior_variance`` v.
+    Returns (x_a' (n,), var_a (n,), cost)."""
+    hbht = 0.5 * (hbht + hbht.T)
+    S = hbht + np.diag(sigma ** 2)
+    L = sla.cholesky(S, lower=True)
+    w = sla.cho_solve((L, True), innovation)
+    xa = bht @ w
+    K = sla.solve_triangular(L, bht.T, lower=True)  # (p, n)
+    var = np.maximum(prior_variance - np.einsum("pn,pn->n", K, K), 0.0)
+    resid = innovation - hbht @ w
+    cost = 0.5 * float(w @ hbht @ w) + 0.5 * float(np.sum((resid / sigma) ** 2))
+    return xa, var, cost
 
 
 def optimal_interpolation(oi_model: OIModel, observations: pd.DataFrame, time, members: int = 32, seed: int = 0, *,
@@ -281,17 +310,8 @@ def optimal_interpolation(oi_model: OIModel, observations: pd.DataFrame, time, m
             continue
         Hc = Hs[idx][:, c * n:(c + 1) * n].tocsr()
         bht = _bht(oi_model, v, Hc, chunk)  # (n, p)
-        hbht = Hc @ bht
-        hbht = 0.5 * (hbht + hbht.T)
-        S = hbht + np.diag(obs.sigma_std[idx] ** 2)
-        L = sla.cholesky(S, lower=True)
-        innov = obs.y_std[idx]  # x_b' = 0
-        w = sla.cho_solve((L, True), innov)
-        xa[c] = bht @ w
-        K = sla.solve_triangular(L, bht.T, lower=True)  # (p, n)
-        var[c] = np.maximum(var[c] - np.einsum("pn,pn->n", K, K), 0.0)
-        resid = innov - hbht @ w
-        cost += 0.5 * float(w @ hbht @ w) + 0.5 * float(np.sum((resid / obs.sigma_std[idx]) ** 2))
+        xa[c], var[c], cost_c = blue_update(bht, Hc @ bht, obs.y_std[idx], obs.sigma_std[idx], var[c])
+        cost += cost_c
     shape = (C, *bg.grid.shape)
     mean = clim_mean + clim_std * xa.reshape(shape)
     spread = clim_std * np.sqrt(var.reshape(shape))
