@@ -232,22 +232,26 @@ def load_oi(path: str | Path) -> OIModel:
 
 
 def _bht(oi: OIModel, variable: str, Hc, chunk: int, grid_lon: np.ndarray | None = None,
-         obs_lon: np.ndarray | None = None, factor: float = 1.0) -> np.ndarray:
+         obs_lon: np.ndarray | None = None, factor: float = 1.0, rows: np.ndarray | None = None) -> np.ndarray:
     """``B H^T`` (n, p) for a (p, n) CSR operator of one variable, built in blocks of ``chunk`` observations.
 
     ``grid_lon`` / ``obs_lon`` (n,): the longitudes (degrees) the grid points take on the analysed side and on the
     side ``Hc`` reads (default: the grid's own; the space-time OI passes the advected ones); ``factor`` multiplies
-    B (the space-time OI's temporal correlation)."""
+    B (the space-time OI's temporal correlation); ``rows``: only these grid points on the analysed side
+    (len(rows), p)."""
     lat2d, lon2d = np.meshgrid(oi.grid.lat, oi.grid.lon, indexing="ij")
     lat_f, lon_f = lat2d.ravel(), lon2d.ravel()
     lon_a = lon_f if grid_lon is None else grid_lon
     lon_b = lon_f if obs_lon is None else obs_lon
-    n, p = lat_f.size, Hc.shape[0]
+    lat_a = lat_f
+    if rows is not None:
+        lat_a, lon_a = lat_f[rows], lon_a[rows]
+    n, p = lat_a.size, Hc.shape[0]
     out = np.empty((n, p))
     for j0 in range(0, p, chunk):
         sub = Hc[j0:j0 + chunk]
         cols = np.unique(sub.indices)
-        d = chordal_distance_km(lat_f[:, None], lon_a[:, None], lat_f[cols][None], lon_b[cols][None],
+        d = chordal_distance_km(lat_a[:, None], lon_a[:, None], lat_f[cols][None], lon_b[cols][None],
                                 EARTH_RADIUS_KM)
         cov = oi.covariance(variable, d)
         if factor != 1.0:

@@ -220,12 +220,23 @@ def space_time_oi(model: SpaceTimeOIModel, observations: pd.DataFrame, time, mem
             continue
         lon = {lag: model.advected_lon(v, lag) for lag, *_ in blocks} | {0: model.advected_lon(v, 0)}
 
-        def cov(lag_a, lag_b, Hb):
+        def cov(lag_a, lag_b, Hb, rows=None):
             return _bht(oi, v, Hb, chunk, grid_lon=lon[lag_a], obs_lon=lon[lag_b],
-                        factor=model.time_correlation(v, lag_a - lag_b))
+                        factor=model.time_correlation(v, lag_a - lag_b), rows=rows)
 
-        bht = np.concatenate([cov(0, lag, H) for lag, H, _, _ in blocks], axis=1)  # (n, P)
-        hbht = np.block([[Ha @ cov(la, lb, Hb) for lb, Hb, _, _ in blocks] for la, Ha, _, _ in blocks])
+        centre = [cov(0, lag, H) for lag, H, _, _ in blocks]  # B_dY by day, (n, p_t) each
+        bht = np.concatenate(centre, axis=1)  # (n, P)
+
+        def hbh(la, Ha, j, lb, Hb):
+            """B_YY block (p_a, p_b): from the centre's columns on day d (k = 0: the per-day OI's product), else
+            on the grid points day la's rows read only."""
+            if la == 0:
+                return Ha @ centre[j]
+            rows = np.unique(Ha.indices)
+            return Ha[:, rows] @ cov(la, lb, Hb, rows)
+
+        hbht = np.block([[hbh(la, Ha, j, lb, Hb) for j, (lb, Hb, _, _) in enumerate(blocks)]
+                         for la, Ha, _, _ in blocks])
         y = np.concatenate([b[2] for b in blocks])
         sig = np.concatenate([b[3] for b in blocks])
         xa[c], var[c], cost_c = blue_update(bht, hbht, y, sig, var[c])
