@@ -44,10 +44,10 @@ def window_run(world, tmp_path_factory):
 
     def publish(last_day: pd.Timestamp) -> pd.DataFrame:
         obs = world.obs[(row_days(world.obs) <= last_day).to_numpy()].reset_index(drop=True)
-        obs.to_parquet(root / "obs.parquet", index=False)
-        catalog.write_text(yaml.safe_dump(cat, sort_keys=False))  # the ingest step re-registers the catalog
+        obs.to_parquet(root / "obs.parquet", index=False)  # the same file, the catalog unchanged
         return obs
 
+    catalog.write_text(yaml.safe_dump(cat, sort_keys=False))
     publish(D1)
     cfg_path = world.write_config(root / "run", catalog={"path": str(catalog)}, prior={"path": prior_path},
                                   cluster=INPROC)
