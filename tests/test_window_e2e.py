@@ -147,3 +147,22 @@ def test_kill9_during_the_upgrade_loses_nothing(window_run, world, tmp_path):
         np.testing.assert_array_equal(a[v].sel(time=[D1, D2]).values, b[v].sel(time=[D1, D2]).values)
     for d in (D1, D2):
         assert Path(fbk.day_url(url, d)).read_bytes() == Path(fbk.day_url(ref, d)).read_bytes()
+
+
+def test_observation_cache_follows_the_table_file(tmp_path):
+    """The per-process table cache of the flows reads the table again when its file changes, the catalog not."""
+    from tasks.assimilate import read_observations
+
+    table = pd.DataFrame({"time": pd.to_datetime(["2005-01-01"] * 3), "lat": [0.0, 1.0, 2.0], "lon": 0.0,
+                          "value": 1.0, "error": 1.0, "variable": "air_temperature"})
+    table.to_parquet(tmp_path / "obs.parquet", index=False)
+    catalog = tmp_path / "cat.yaml"
+    catalog.write_text(yaml.safe_dump({"metadata": {"version": 1}, "sources": {"obs": {
+        "driver": "tasks.intake_sources.ParquetTableSource",
+        "args": {"urlpath": "{{ CATALOG_DIR }}/obs.parquet"}}}}))
+    assert len(read_observations(str(catalog), "obs")) == 3
+    stamp = catalog.stat().st_mtime_ns
+    pd.concat([table, table.assign(time=pd.Timestamp("2005-01-02"))]).to_parquet(tmp_path / "obs.parquet",
+                                                                                 index=False)
+    assert catalog.stat().st_mtime_ns == stamp
+    assert len(read_observations(str(catalog), "obs")) == 6
