@@ -48,6 +48,17 @@ def test_window_feedback_holds_the_centre_days_rows_against_that_days_analysis(f
     assert np.isfinite(fb["omb"].to_numpy()[p:]).all()
 
 
+def test_an_unreadable_time_inside_the_analysis_is_flagged_not_fatal(fields, window_prior):
+    day = pd.Timestamp(fields.time.values[120])
+    obs = synthetic_observations(fields, n=3, seed=7, time=fields.time.values[120]).astype({"time": object})
+    obs.loc[obs.index[0], "time"] = "not a time"
+    ds = latentda.assimilate(window_prior, obs, day, members=2, seed=0, **OPTS)
+    assert int(ds["obs_outside_window"][0]) == 1 and int(ds["obs_used"][0]) == len(obs) - 1
+    assert '"wrong_time": 1' in ds.attrs["latentda:qc"]
+    with pytest.raises(ValueError, match="'not a time' \\(row 0\\)"):
+        observations_for_day(obs, day)
+
+
 def test_window_zero_feedback_is_the_per_day_feedback(fields):
     prior = tiny_prior(0)
     day = fields.time.values[101]

@@ -171,7 +171,7 @@ def assimilate_window(prior, observations: pd.DataFrame, time, members: int = 32
 
 def _day_rows(table: pd.DataFrame, day: pd.Timestamp) -> pd.DataFrame:
     """The rows of ``table`` whose time falls on ``day`` (:func:`latentda.obs.window.row_days`), in order."""
-    return table[(row_days(table) == day).to_numpy()].reset_index(drop=True)
+    return table[(row_days(table, strict=False) == day).to_numpy()].reset_index(drop=True)
 
 
 def _prior_draws(reps, ordinals, seed: int, members: int, q: int, latent_dim: int, shape, dev):

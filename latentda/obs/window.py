@@ -25,20 +25,21 @@ def window_days(time, window: int) -> pd.DatetimeIndex:
     return pd.date_range(d - pd.Timedelta(days=int(window)), periods=2 * int(window) + 1, freq="D")
 
 
-def row_days(observations: pd.DataFrame) -> pd.Series:
+def row_days(observations: pd.DataFrame, strict: bool = True) -> pd.Series:
     """Day (UTC midnight) of every row of ``observations`` by :func:`latentda.obs.schema.parse_times` (time zones
-    converted; NaT where ``time`` is missing). ValueError naming the value for a time that is not a date, or if the
-    table has no ``time`` column."""
+    converted; NaT where ``time`` is missing). A time that is not a date: ValueError naming the value (``strict``:
+    selecting a day's rows) or NaT (``strict=False``: inside an analysis, where QC flags the row). ValueError if
+    the table has no ``time`` column."""
     if "time" not in observations.columns:
         raise ValueError(f"the observation table has no 'time' column (needed to find each row's day); it has "
                          f"{list(observations.columns)}")
-    return parse_times(observations["time"]).dt.normalize()
+    return parse_times(observations["time"], strict=strict).dt.normalize()
 
 
 def window_coverage(observations: pd.DataFrame, days: pd.DatetimeIndex) -> dict[str, int]:
     """``window_days_observed``: how many of ``days`` have at least one row; ``obs_outside_window``: rows of other
-    days (rows with a missing time count as outside)."""
-    t = row_days(observations)
+    days (rows with a missing or unreadable time count as outside: QC flags them ``wrong_time``)."""
+    t = row_days(observations, strict=False)
     inside = t.isin(days)
     return {"window_days_observed": int(t[inside].nunique()), "obs_outside_window": int((~inside).sum())}
 
