@@ -1,5 +1,6 @@
 """Space-time OI baseline (latentda.baselines.space_time_oi): equals the dense BLUE of its own space-time covariance on
-a toy, equals the per-day OI with window 0, recovers a known advection and time scale, refuses bad input."""
+a toy, equals the per-day OI with window 0, recovers a known advection and time scale, saves and loads, refuses bad
+input."""
 from __future__ import annotations
 
 import numpy as np
@@ -115,7 +116,7 @@ def test_window_zero_is_the_per_day_oi(toy):
     assert int(space_time_oi(model, obs, DAY, window=0)["obs_outside_window"].item()) == 10
 
 
-def test_fit_recovers_the_advection_factor_and_time_scale():
+def test_fit_recovers_the_advection_factor_and_time_scale(tmp_path):
     grid = Grid.regular(8, 32)
     wind = 30.0  # m s-1: base drift U / (R cos phi) in degrees per day
     base = np.rad2deg(wind * 86400.0 / (6.371e6 * np.cos(np.deg2rad(grid.lat))))
@@ -126,6 +127,12 @@ def test_fit_recovers_the_advection_factor_and_time_scale():
     assert fitted.advection_factor[VAR] == pytest.approx(0.5)
     assert fitted.lag_correlation[VAR][0] == pytest.approx(rho, abs=0.08)
     assert fitted.time_scale_days[VAR] == pytest.approx(-1 / np.log(rho), rel=0.25)
+    back = SpaceTimeOIModel.load(fitted.save(tmp_path / "st"))
+    assert back.time_scale_days == fitted.time_scale_days and back.advection_factor == fitted.advection_factor
+    np.testing.assert_array_equal(back.zonal_drift[VAR], fitted.zonal_drift[VAR])
+    assert back.oi.length_scale_km == fitted.oi.length_scale_km and back.grid.matches(fitted.grid)
+    with pytest.raises(ValueError, match="not a SpaceTimeOIModel"):
+        SpaceTimeOIModel.load(fitted.oi.save(tmp_path / "oi.npz"))
     still = fit_space_time_oi(ds, clim, [VAR], oi=fitted.oi, options=SpaceTimeFitOptions(advection=False))
     assert still.advection_factor[VAR] == 0.0 and not still.zonal_drift[VAR].any()
     assert still.lag_correlation[VAR][0] < fitted.lag_correlation[VAR][0] - 0.05

@@ -185,24 +185,33 @@ class OIModel:
         return self.variance[variable] * correlation(self.model[variable], distance_km,
                                                      self.length_scale_km[variable])
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model to ``path`` (.npz)."""
-        path = Path(path)
-        meta = {"kind": "OIModel", "variables": list(self.variables), "model": self.model,
+    def npz_meta(self) -> dict:
+        """The JSON metadata :meth:`save` writes: kind, variables, fitted parameters, CF attributes."""
+        return {"kind": "OIModel", "variables": list(self.variables), "model": self.model,
                 "length_scale_km": self.length_scale_km, "variance": self.variance,
                 "fit_misfit": self.fit_misfit, "var_attrs": self.var_attrs}
-        np.savez_compressed(path, meta=np.array(json.dumps(meta, default=str)), grid_lat=self.grid.lat,
-                            grid_lon=self.grid.lon,
-                            **climatology_to_npz(self.climatology))
+
+    def save(self, path: str | Path, meta: dict | None = None, **arrays: np.ndarray) -> Path:
+        """Write the model to ``path`` (.npz); ``meta`` (default :meth:`npz_meta`) and extra ``arrays``: for
+        models that extend the OI (the space-time OI)."""
+        path = Path(path)
+        np.savez_compressed(path, meta=np.array(json.dumps(meta or self.npz_meta(), default=str)),
+                            grid_lat=self.grid.lat, grid_lon=self.grid.lon,
+                            **climatology_to_npz(self.climatology), **arrays)
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+    @classmethod
+    def from_meta(cls, meta: dict, grid: Grid, clim: xr.Dataset) -> "OIModel":
+        """The model of :meth:`npz_meta`'s ``meta`` on ``grid`` with climatology ``clim``."""
+        return cls(tuple(meta["variables"]), grid, clim, meta["var_attrs"], meta["model"],
+                   {k: float(v) for k, v in meta["length_scale_km"].items()},
+                   {k: float(v) for k, v in meta["variance"].items()}, meta.get("fit_misfit", {}))
 
     @classmethod
     def load(cls, path: str | Path) -> "OIModel":
         """Read a model written by :meth:`save`; ValueError if the file holds something else."""
         with read_model_npz(path, "OIModel") as (_, meta, grid, clim):
-            return cls(tuple(meta["variables"]), grid, clim, meta["var_attrs"], meta["model"],
-                       {k: float(v) for k, v in meta["length_scale_km"].items()},
-                       {k: float(v) for k, v in meta["variance"].items()}, meta.get("fit_misfit", {}))
+            return cls.from_meta(meta, grid, clim)
 
 
 def fit_oi(train_fields: xr.Dataset, climatology: xr.Dataset, variables: Sequence[str], model: str = "auto",

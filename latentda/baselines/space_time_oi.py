@@ -29,6 +29,7 @@ every factor is the per-day OI's: the analysis equals :func:`~latentda.baselines
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -38,7 +39,8 @@ from scipy.optimize import minimize_scalar
 
 from ..analysis import analysis_dataset
 from ..obs.window import window_coverage, window_days
-from .common import Background, check_members, climatology_fields, diagnostics, prepare_observations, training_anomalies
+from .common import (Background, check_members, climatology_fields, diagnostics, prepare_observations,
+                     read_model_npz, training_anomalies)
 from .oi import CORRELATION_MODELS, EARTH_RADIUS_KM, OIModel, _bht, blue_update, correlation, fit_oi
 
 SECONDS_PER_DAY = 86400.0
@@ -86,6 +88,23 @@ class SpaceTimeOIModel:
     @property
     def grid(self):
         return self.oi.grid
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model to ``path`` (.npz): the OI's file plus the temporal part (c(phi) as arrays)."""
+        meta = {**self.oi.npz_meta(), "kind": "SpaceTimeOIModel", "time_model": self.time_model,
+                "time_scale_days": self.time_scale_days, "advection_factor": self.advection_factor,
+                "lag_correlation": self.lag_correlation}
+        return self.oi.save(path, meta, **{f"drift__{v}": np.asarray(self.zonal_drift[v]) for v in self.variables})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SpaceTimeOIModel":
+        """Read a model written by :meth:`save`; ValueError if the file holds something else."""
+        with read_model_npz(path, "SpaceTimeOIModel") as (data, meta, grid, clim):
+            return cls(OIModel.from_meta(meta, grid, clim), meta["time_model"],
+                       {k: float(v) for k, v in meta["time_scale_days"].items()},
+                       {k: float(v) for k, v in meta["advection_factor"].items()},
+                       {v: np.asarray(data[f"drift__{v}"], dtype=np.float64) for v in meta["variables"]},
+                       meta.get("lag_correlation", {}))
 
     def time_correlation(self, variable: str, lag_days: float) -> float:
         """rho_t(|lag| / tau) of ``variable`` (1 at lag 0)."""
