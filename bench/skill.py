@@ -24,8 +24,11 @@ reduced spaces at equal dimension),
 ensemble), ``latent`` (``latentda.assimilate(prior, obs, time, members=M, seed=s)``); and the window methods, which
 also see the observations of the days d − k .. d + k (``--window`` k, default 1; days of 2005 only, so the first and
 last day use what exists): ``smoother`` (linear smoother: VAR(1) in ``--smoother-rank`` EOFs, window BLUE, analytic
-spread; ``latentda.baselines.linear_smoother``) and ``latent_window`` (the windowed latent analysis with a window
-prior: ``--window-prior PATH``, or ``latentda.prior.add_window`` fitted on the training years to the day prior).
+spread; ``latentda.baselines.linear_smoother``), ``oi_window`` (space-time OI: the OI's spatial correlation x a
+temporal correlation fitted on the training years, advected by the mean zonal flow times a fitted factor;
+``latentda.baselines.space_time_oi``), ``oi_win_noadv`` (the same without advection) and ``latent_window``
+(the windowed latent analysis with a window prior: ``--window-prior PATH``, or ``latentda.prior.add_window``
+fitted on the training years to the day prior).
 
 How to run (from the repository root)::
 
@@ -84,8 +87,9 @@ VARIABLES = ["air_temperature", "eastward_wind", "northward_wind", "surface_air_
 HEADLINE = "air_temperature"
 TRAIN = ("2000-01-01", "2004-12-31")
 HELDOUT = ("2005-01-01", "2005-12-31")
-ALL_METHODS = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent", "smoother", "latent_window")
-WINDOW_METHODS = ("smoother", "latent_window")
+ALL_METHODS = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent", "smoother", "oi_window", "oi_win_noadv",
+               "latent_window")
+WINDOW_METHODS = ("smoother", "oi_window", "oi_win_noadv", "latent_window")
 
 
 # -- data and fitted models ----------------------------------------------------------------------------------------
@@ -245,6 +249,9 @@ def run_method(name: str, models: dict, obs: pd.DataFrame, day, args, variant: d
     if name == "smoother":
         return baselines.linear_smoother(models["smoother"], obs, day, members=args.members, seed=args.seed,
                                          window=args.window)
+    if name in ("oi_window", "oi_win_noadv"):
+        return baselines.space_time_oi(models[name], obs, day, members=args.members, seed=args.seed,
+                                       window=args.window)
     if name == "latent_window":
         return latentda.assimilate(models["window_prior"], obs, day, members=args.members, seed=args.seed,
                                    keep_members=True, window=args.window, **args.latent_options)
@@ -252,7 +259,8 @@ def run_method(name: str, models: dict, obs: pd.DataFrame, day, args, variant: d
 
 
 def members_of(name: str, args) -> int:
-    return {"climatology": 0, "oi": 0, "smoother": 0, "seed": args.seed_restarts}.get(name, args.members)
+    return {"climatology": 0, "oi": 0, "smoother": 0, "oi_window": 0, "oi_win_noadv": 0,
+            "seed": args.seed_restarts}.get(name, args.members)
 
 
 def format_table(records: list[dict]) -> str:
@@ -411,13 +419,25 @@ def main(argv=None) -> dict:
                             "fit_seconds": round(_time.perf_counter() - t0, 1)}
         print(f"smoother: VAR(1) in {args.smoother_rank} EOFs, one-day R² {models['smoother'].one_day_r2:.3f}",
               flush=True)
-    if "oi" in args.methods:
+    if any(m in args.methods for m in ("oi", "oi_window", "oi_win_noadv")):
         t0 = _time.perf_counter()
         models["oi"] = baselines.fit_oi(train, clim, VARIABLES, seed=args.seed)
         info["oi"] = {"model": models["oi"].model, "length_scale_km": models["oi"].length_scale_km,
                       "variance": models["oi"].variance, "fit_seconds": round(_time.perf_counter() - t0, 1)}
         print("oi: " + ", ".join(f"{v} {models['oi'].model[v]} L={models['oi'].length_scale_km[v]:.0f} km"
                                  for v in VARIABLES), flush=True)
+    for name, advect in (("oi_window", True), ("oi_win_noadv", False)):
+        if name in args.methods:
+            t0 = _time.perf_counter()
+            models[name] = baselines.fit_space_time_oi(train, clim, VARIABLES, oi=models["oi"],
+                                                       options=baselines.SpaceTimeFitOptions(advection=advect))
+            st = models[name]
+            info[name] = {"time_model": st.time_model, "time_scale_days": st.time_scale_days,
+                          "advection_factor": st.advection_factor, "lag_correlation": st.lag_correlation,
+                          "fit_seconds": round(_time.perf_counter() - t0, 1)}
+            print(f"{name}: " + ", ".join(f"{v} {st.time_model[v]} tau={st.time_scale_days[v]:.2f} d "
+                                          f"alpha={st.advection_factor[v]:.1f} r1={st.lag_correlation[v][0]:.2f}"
+                                          for v in VARIABLES), flush=True)
     if "tsvd" in args.methods:
         t0 = _time.perf_counter()
         trunc = int(args.tsvd_truncation) if args.tsvd_truncation > 1 else float(args.tsvd_truncation)

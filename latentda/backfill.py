@@ -26,6 +26,7 @@ import xarray as xr
 from . import archive, feedback
 from .da.options import AssimilationOptions, as_options
 from .evaluation import heldout_stations
+from .obs.window import row_days, window_table
 from .runtime import table_hash, to_days, torch_threads
 
 __all__ = ["DaySettings", "observations_for_day", "split_holdout", "window_of", "record_end", "day_status",
@@ -68,26 +69,12 @@ class DaySettings:
                    threads=config.assimilation.threads, exclude_stations=tuple(exclude_stations))
 
 
-def _row_days(observations: pd.DataFrame) -> pd.Series:
-    if "time" not in observations.columns:
-        raise ValueError(f"the observation table has no 'time' column; it has {list(observations.columns)}")
-    t = pd.to_datetime(observations["time"])
-    if getattr(t.dt, "tz", None) is not None:
-        t = t.dt.tz_convert("UTC").dt.tz_localize(None)
-    return t.dt.normalize()
-
-
 def observations_for_day(observations: pd.DataFrame, day: Any, exclude_stations: Iterable[str] | None = None,
                          window: int = 0) -> pd.DataFrame:
-    """The rows of ``observations`` on the days ``[day - window, day + window]`` (by the date of ``time``; the day
-    alone for ``window = 0``), minus ``exclude_stations``, in their given order."""
-    d = to_days(day)[0]
-    t = _row_days(observations)
-    if window:
-        rows = observations[((t >= d - pd.Timedelta(days=window)) & (t <= d + pd.Timedelta(days=window))).values]
-    else:
-        rows = observations[(t == d).values]
-    return split_holdout(rows, exclude_stations or ())[0]
+    """The rows of ``observations`` on the days ``[day - window, day + window]`` (the day alone for ``window = 0``)
+    by :func:`latentda.obs.window.window_table` (one time rule: time zones converted to UTC, a time that is not a
+    date refused naming it), minus ``exclude_stations``, in their given order."""
+    return split_holdout(window_table(observations, to_days(day)[0], int(window)), exclude_stations or ())[0]
 
 
 def split_holdout(rows: pd.DataFrame, exclude_stations: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -130,7 +117,7 @@ def window_of(prior) -> int:
 
 def record_end(observations: pd.DataFrame) -> pd.Timestamp | None:
     """The last day of the observation record (the latest day with a row), None for an empty table."""
-    t = _row_days(observations)
+    t = row_days(observations)
     return None if t.isna().all() else t.max()
 
 
@@ -187,7 +174,7 @@ def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], sett
         todo = days_needing_work(settings.url, todo, k, end_of_record, settings.storage_options)
     written = []
     for d in todo:
-        if settings.feedback and not k:  # (no per-observation feedback of a windowed analysis yet)
+        if settings.feedback:  # a windowed analysis gives the feedback of the centre day's rows
             obs, held = split_holdout(observations_for_day(observations, d, window=k), settings.exclude_stations)
             ana, fb = assimilate_day(prior, obs, d, settings, held_out=held)
             feedback.write_day_feedback(settings.url, d, fb, settings.storage_options)  # before the done flag
@@ -195,7 +182,7 @@ def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], sett
             obs = observations_for_day(observations, d, settings.exclude_stations, window=k)
             ana = assimilate_day(prior, obs, d, settings)
         if archive.WINDOW_OBSERVED not in ana:
-            ana[archive.WINDOW_OBSERVED] = (("time",), [int(_row_days(obs).nunique())] if len(obs) else [0])
+            ana[archive.WINDOW_OBSERVED] = (("time",), [int(row_days(obs).nunique())] if len(obs) else [0])
         archive.write_day(settings.url, ana, {"model_checksum": checksum, "obs_hash": table_hash(obs),
                                               "config_hash": settings.config_hash},
                           settings.storage_options, members_to_keep=settings.members_to_keep,

@@ -29,13 +29,31 @@ _HOOK: dict[str, Callable[[str, BaseException | None], None] | None] = {"on_day"
 _TABLE_LOCK = threading.Lock()
 
 
-def read_observations(catalog_path: str, entry: str) -> pd.DataFrame:
-    """The observation table of catalog entry ``entry``, read once per worker process and catalog version."""
+def _table_version(catalog_path: str, entry: str) -> tuple:
+    """Version stamp of a catalog entry's table: the catalog file's mtime and the entry's data file's size and
+    mtime (or ETag), so that observations arriving in the same file are read again (the daily run upgrades
+    preliminary days with them); None parts where a stamp cannot be had (then the cache keys on the rest)."""
     try:
-        stamp = os.stat(catalog_path).st_mtime_ns if not storage.is_remote(catalog_path) else None
+        cat_stamp = os.stat(catalog_path).st_mtime_ns if not storage.is_remote(catalog_path) else None
     except OSError:
-        stamp = None
-    key = (str(catalog_path), entry, stamp)
+        cat_stamp = None
+    data_stamp = None
+    try:
+        src = catalog_io.entry(catalog_io.open_catalog(catalog_path), entry)
+        url = getattr(src, "urlpath", None)
+        if isinstance(url, str):
+            fs, path = storage.filesystem(url, getattr(src, "storage_options", None) or None)
+            info = fs.info(path)
+            data_stamp = (info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag")))
+    except (OSError, KeyError, ValueError):
+        data_stamp = None  # the read below reports a missing entry or file with its own message
+    return cat_stamp, data_stamp
+
+
+def read_observations(catalog_path: str, entry: str) -> pd.DataFrame:
+    """The observation table of catalog entry ``entry``, read once per worker process and table version
+    (:func:`_table_version`)."""
+    key = (str(catalog_path), entry, _table_version(catalog_path, entry))
     with _TABLE_LOCK:
         if key not in _TABLES:
             _TABLES.clear()

@@ -126,3 +126,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def fields():
+    """``latentda.testing.synthetic_fields(seed=0)`` (400 days, 16 x 32, two variables): the window tests' fields."""
+    from latentda.testing import synthetic_fields
+
+    return synthetic_fields(seed=0)
+
+
+@pytest.fixture(scope="module")
+def window_prior(fields):
+    """A window prior (k = 1): the tiny day prior plus a latent transition fitted on :func:`fields`."""
+    from latentda.prior import add_window
+    from latentda.testing import tiny_prior
+
+    return add_window(tiny_prior(0), fields, 1)

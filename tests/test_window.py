@@ -17,18 +17,7 @@ from latentda.grid import Grid
 from latentda.normalization import fit_climatology
 from latentda.obs.window import window_coverage, window_days, window_observation_hash, window_table
 from latentda.prior import add_window, load_prior
-from latentda.testing import (TINY_PRIOR_CONFIG, linear_ar1_prior, synthetic_fields, synthetic_observations,
-                              tiny_prior)
-
-
-@pytest.fixture(scope="module")
-def fields():
-    return synthetic_fields(seed=0)
-
-
-@pytest.fixture(scope="module")
-def window_prior(fields):
-    return add_window(tiny_prior(0), fields, 1)
+from latentda.testing import TINY_PRIOR_CONFIG, linear_ar1_prior, synthetic_observations, tiny_prior
 
 
 def _digest(ds) -> str:

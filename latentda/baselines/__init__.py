@@ -13,8 +13,11 @@ Analyses, with the signature of ``latentda.assimilate``::
     tsvd_3dvar(tsvd, observations, time, members=32, seed=0, **options)
     seed_search(prior, observations, time, members=10, seed=0, **options)   # Brohan (2022), 10 restarts
     linear_smoother(smoother, observations, time, members=32, seed=0, window=1)  # VAR(1)-EOF window BLUE
+    space_time_oi(model, observations, time, members=32, seed=0, window=1)      # separable space-time OI
 
-``smoother = fit_smoother(train_fields, climatology, variables, rank)`` fits the VAR(1) in EOF space.
+``smoother = fit_smoother(train_fields, climatology, variables, rank)`` fits the VAR(1) in EOF space,
+``model = fit_space_time_oi(train_fields, climatology, variables)`` the space-time OI's temporal correlation and
+zonal advection on top of the OI.
 
 ``seed_search`` imports torch when called; the others need numpy/scipy/xarray only.
 """
@@ -23,12 +26,14 @@ from .oi import (CORRELATION_MODELS, OIModel, correlation, empirical_correlation
                  optimal_interpolation)
 from .seed_search import LossNotDecreasing, seed_search
 from .smoother import SmootherModel, fit_smoother, linear_smoother
+from .space_time_oi import SpaceTimeFitOptions, SpaceTimeOIModel, fit_space_time_oi, space_time_oi
 from .tsvd import TSVDModel, fit_tsvd, load_tsvd, tsvd_3dvar
 
 #: name -> analysis function, for benchmarks and flows.
 METHODS = {"climatology": climatology, "optimal_interpolation": optimal_interpolation, "tsvd_3dvar": tsvd_3dvar,
-           "seed_search": seed_search, "linear_smoother": linear_smoother}
+           "seed_search": seed_search, "linear_smoother": linear_smoother, "space_time_oi": space_time_oi}
 
 __all__ = ["climatology", "optimal_interpolation", "tsvd_3dvar", "seed_search", "fit_oi", "fit_tsvd", "load_oi",
            "load_tsvd", "OIModel", "TSVDModel", "CORRELATION_MODELS", "correlation", "empirical_correlation",
-           "fit_correlation", "LossNotDecreasing", "METHODS", "SmootherModel", "fit_smoother", "linear_smoother"]
+           "fit_correlation", "LossNotDecreasing", "METHODS", "SmootherModel", "fit_smoother", "linear_smoother",
+           "SpaceTimeFitOptions", "SpaceTimeOIModel", "fit_space_time_oi", "space_time_oi"]

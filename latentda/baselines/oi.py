@@ -185,24 +185,33 @@ class OIModel:
         return self.variance[variable] * correlation(self.model[variable], distance_km,
                                                      self.length_scale_km[variable])
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model to ``path`` (.npz)."""
-        path = Path(path)
-        meta = {"kind": "OIModel", "variables": list(self.variables), "model": self.model,
+    def npz_meta(self) -> dict:
+        """The JSON metadata :meth:`save` writes: kind, variables, fitted parameters, CF attributes."""
+        return {"kind": "OIModel", "variables": list(self.variables), "model": self.model,
                 "length_scale_km": self.length_scale_km, "variance": self.variance,
                 "fit_misfit": self.fit_misfit, "var_attrs": self.var_attrs}
-        np.savez_compressed(path, meta=np.array(json.dumps(meta, default=str)), grid_lat=self.grid.lat,
-                            grid_lon=self.grid.lon,
-                            **climatology_to_npz(self.climatology))
+
+    def save(self, path: str | Path, meta: dict | None = None, **arrays: np.ndarray) -> Path:
+        """Write the model to ``path`` (.npz); ``meta`` (default :meth:`npz_meta`) and extra ``arrays``: for
+        models that extend the OI (the space-time OI)."""
+        path = Path(path)
+        np.savez_compressed(path, meta=np.array(json.dumps(meta or self.npz_meta(), default=str)),
+                            grid_lat=self.grid.lat, grid_lon=self.grid.lon,
+                            **climatology_to_npz(self.climatology), **arrays)
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+    @classmethod
+    def from_meta(cls, meta: dict, grid: Grid, clim: xr.Dataset) -> "OIModel":
+        """The model of :meth:`npz_meta`'s ``meta`` on ``grid`` with climatology ``clim``."""
+        return cls(tuple(meta["variables"]), grid, clim, meta["var_attrs"], meta["model"],
+                   {k: float(v) for k, v in meta["length_scale_km"].items()},
+                   {k: float(v) for k, v in meta["variance"].items()}, meta.get("fit_misfit", {}))
 
     @classmethod
     def load(cls, path: str | Path) -> "OIModel":
         """Read a model written by :meth:`save`; ValueError if the file holds something else."""
         with read_model_npz(path, "OIModel") as (_, meta, grid, clim):
-            return cls(tuple(meta["variables"]), grid, clim, meta["var_attrs"], meta["model"],
-                       {k: float(v) for k, v in meta["length_scale_km"].items()},
-                       {k: float(v) for k, v in meta["variance"].items()}, meta.get("fit_misfit", {}))
+            return cls.from_meta(meta, grid, clim)
 
 
 def fit_oi(train_fields: xr.Dataset, climatology: xr.Dataset, variables: Sequence[str], model: str = "auto",
@@ -231,19 +240,52 @@ def load_oi(path: str | Path) -> OIModel:
     return OIModel.load(path)
 
 
-def _bht(oi: OIModel, variable: str, Hc, chunk: int) -> np.ndarray:
-    """``B H^T`` (n, p) for a (p, n) CSR operator of one variable, built in blocks of ``chunk`` observations."""
+def _bht(oi: OIModel, variable: str, Hc, chunk: int, grid_lon: np.ndarray | None = None,
+         obs_lon: np.ndarray | None = None, factor: float = 1.0, rows: np.ndarray | None = None) -> np.ndarray:
+    """``B H^T`` (n, p) for a (p, n) CSR operator of one variable, built in blocks of ``chunk`` observations.
+
+    ``grid_lon`` / ``obs_lon`` (n,): the longitudes (degrees) the grid points take on the analysed side and on the
+    side ``Hc`` reads (default: the grid's own; the space-time OI passes the advected ones); ``factor`` multiplies
+    B (the space-time OI's temporal correlation); ``rows``: only these grid points on the analysed side
+    (len(rows), p)."""
     lat2d, lon2d = np.meshgrid(oi.grid.lat, oi.grid.lon, indexing="ij")
     lat_f, lon_f = lat2d.ravel(), lon2d.ravel()
-    n, p = lat_f.size, Hc.shape[0]
+    lon_a = lon_f if grid_lon is None else grid_lon
+    lon_b = lon_f if obs_lon is None else obs_lon
+    lat_a = lat_f
+    if rows is not None:
+        lat_a, lon_a = lat_f[rows], lon_a[rows]
+    n, p = lat_a.size, Hc.shape[0]
     out = np.empty((n, p))
     for j0 in range(0, p, chunk):
         sub = Hc[j0:j0 + chunk]
         cols = np.unique(sub.indices)
-        d = chordal_distance_km(lat_f[:, None], lon_f[:, None], lat_f[cols][None], lon_f[cols][None],
+        d = chordal_distance_km(lat_a[:, None], lon_a[:, None], lat_f[cols][None], lon_b[cols][None],
                                 EARTH_RADIUS_KM)
-        out[:, j0:j0 + chunk] = oi.covariance(variable, d) @ sub[:, cols].T.toarray()
+        cov = oi.covariance(variable, d)
+        if factor != 1.0:
+            cov = cov * factor
+        out[:, j0:j0 + chunk] = cov @ sub[:, cols].T.toarray()
     return out
+
+
+def blue_update(bht: np.ndarray, hbht: np.ndarray, innovation: np.ndarray, sigma: np.ndarray,
+                prior_variance: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The BLUE of one variable in standardised units (module docstring), x_b' = 0:
+    ``x_a' = B H^T (H B H^T + R)^-1 y'``, ``var_a = v - diag(B H^T S^-1 H B)``, ``J(x_a)``.
+
+    ``bht`` (n, p), ``hbht`` (p, p), ``innovation`` y' (p,), ``sigma`` sigma' (p,), ``prior_variance`` v.
+    Returns (x_a' (n,), var_a (n,), cost)."""
+    hbht = 0.5 * (hbht + hbht.T)
+    S = hbht + np.diag(sigma ** 2)
+    L = sla.cholesky(S, lower=True)
+    w = sla.cho_solve((L, True), innovation)
+    xa = bht @ w
+    K = sla.solve_triangular(L, bht.T, lower=True)  # (p, n)
+    var = np.maximum(prior_variance - np.einsum("pn,pn->n", K, K), 0.0)
+    resid = innovation - hbht @ w
+    cost = 0.5 * float(w @ hbht @ w) + 0.5 * float(np.sum((resid / sigma) ** 2))
+    return xa, var, cost
 
 
 def optimal_interpolation(oi_model: OIModel, observations: pd.DataFrame, time, members: int = 32, seed: int = 0, *,
@@ -281,17 +323,8 @@ def optimal_interpolation(oi_model: OIModel, observations: pd.DataFrame, time, m
             continue
         Hc = Hs[idx][:, c * n:(c + 1) * n].tocsr()
         bht = _bht(oi_model, v, Hc, chunk)  # (n, p)
-        hbht = Hc @ bht
-        hbht = 0.5 * (hbht + hbht.T)
-        S = hbht + np.diag(obs.sigma_std[idx] ** 2)
-        L = sla.cholesky(S, lower=True)
-        innov = obs.y_std[idx]  # x_b' = 0
-        w = sla.cho_solve((L, True), innov)
-        xa[c] = bht @ w
-        K = sla.solve_triangular(L, bht.T, lower=True)  # (p, n)
-        var[c] = np.maximum(var[c] - np.einsum("pn,pn->n", K, K), 0.0)
-        resid = innov - hbht @ w
-        cost += 0.5 * float(w @ hbht @ w) + 0.5 * float(np.sum((resid / obs.sigma_std[idx]) ** 2))
+        xa[c], var[c], cost_c = blue_update(bht, Hc @ bht, obs.y_std[idx], obs.sigma_std[idx], var[c])
+        cost += cost_c
     shape = (C, *bg.grid.shape)
     mean = clim_mean + clim_std * xa.reshape(shape)
     spread = clim_std * np.sqrt(var.reshape(shape))

@@ -41,7 +41,7 @@ from ..analysis import analysis_dataset
 from ..obs import qc as _qc
 from ..obs.operator import PointOperator
 from ..obs.schema import QC_OK, validate_observations
-from ..obs.window import window_coverage, window_days
+from ..obs.window import row_days, window_coverage, window_days
 from .cost import LatentCost
 from .ensemble import STREAM_LATENT, day_ordinal, member_normals
 from .obs_covariance import BlockCovariance, observation_covariance
@@ -127,28 +127,33 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
     """``latentda.assimilate``: the windowed analysis (:func:`assimilate_window`) for a window prior, the per-day
     analysis (:func:`latentda.da.rto.assimilate`) for a day prior; same arguments and output layout. An explicit
     option ``window=k`` goes to :func:`assimilate_window` (which refuses k >= 1 with a day prior).
-    ``feedback``/``passive``: the per-observation feedback of the per-day analysis (not available for the windowed
-    one yet: ValueError)."""
+    ``feedback``/``passive``: also return the per-observation feedback (:mod:`latentda.feedback`); for the windowed
+    analysis it holds the rows of the centre day (see :func:`assimilate_window`)."""
     opts = as_options(options, **kwargs)
     if getattr(prior, "window", 0) or opts.window is not None:
-        if feedback:
-            raise ValueError("per-observation feedback (feedback=True) is not available for the windowed analysis "
-                             f"(window={opts.window if opts.window is not None else prior.window}) yet")
-        return assimilate_window(prior, observations, time, members, seed, keep_members=keep_members, options=opts)
+        return assimilate_window(prior, observations, time, members, seed, keep_members=keep_members, options=opts,
+                                 feedback=feedback, passive=passive)
     return rto.assimilate(prior, observations, time, members, seed, keep_members=keep_members, options=opts,
                           feedback=feedback, passive=passive)
 
 
 def assimilate_window(prior, observations: pd.DataFrame, time, members: int = 32, seed: int = 0, *,
                       keep_members: bool = False, options: AssimilationOptions | Mapping[str, Any] | None = None,
-                      **kwargs: Any) -> xr.Dataset:
+                      feedback: bool = False, passive: pd.DataFrame | None = None,
+                      **kwargs: Any) -> xr.Dataset | tuple[xr.Dataset, pd.DataFrame]:
     """Analyse the day of ``time`` with the observations of [d − k, d + k] (module docstring), k = the option
     ``window`` (default: the prior's ``window``; 0 is the per-day analysis). Arguments, options
     (:class:`~latentda.da.options.AssimilationOptions`) and output as :func:`latentda.da.rto.assimilate`, plus the
     diagnostics ``window_days_observed`` (days of the window with at least one observation row) and
     ``obs_outside_window`` (rows ignored because their day is outside the window; they get QC reason
     ``wrong_time``) and the attribute ``window``. ``obs_used``, ``fit_before`` and ``fit_after`` cover the used rows
-    of the whole window. A k >= 1 needs a window prior (ValueError naming the prior otherwise)."""
+    of the whole window. A k >= 1 needs a window prior (ValueError naming the prior otherwise).
+
+    ``feedback=True``: ``(dataset, feedback_table)``, the feedback (:mod:`latentda.feedback`) of the rows of the
+    centre day d only (of ``observations`` and of the held-out ``passive`` rows), each row's O−B and O−A against
+    day d's background and analysis in the window; the rows of the neighbouring days are assimilated but get their
+    feedback in their own day's table, when that day is the centre (so every input row has one feedback row, in
+    its own day's table)."""
     _check_ensemble(members, seed)
     opts = as_options(options, **kwargs)
     k = getattr(prior, "window", 0) if opts.window is None else opts.window
@@ -158,8 +163,18 @@ def assimilate_window(prior, observations: pd.DataFrame, time, members: int = 32
             raise ValueError(f"sampler={opts.sampler!r} is per-day only; the window analysis (window={k}) samples "
                              "by RTO (sampler='rto')")
     with _strict_float32(torch.device(prior.device)):
-        return _assimilate_window(prior, observations, time, int(k), int(members), int(seed),
-                                  keep_members=bool(keep_members), opts=opts)
+        ds, table, xb, xa = _assimilate_window(prior, observations, time, int(k), int(members), int(seed),
+                                               keep_members=bool(keep_members), opts=opts)
+    if not feedback:
+        return ds
+    day = window_days(time, int(k))[int(k)]
+    return ds, rto._feedback(prior, _day_rows(table, day), None if passive is None else _day_rows(passive, day),
+                             day, xb, xa, opts)
+
+
+def _day_rows(table: pd.DataFrame, day: pd.Timestamp) -> pd.DataFrame:
+    """The rows of ``table`` whose time falls on ``day`` (:func:`latentda.obs.window.row_days`), in order."""
+    return table[(row_days(table, strict=False) == day).to_numpy()].reset_index(drop=True)
 
 
 def _prior_draws(reps, ordinals, seed: int, members: int, q: int, latent_dim: int, shape, dev):
@@ -171,8 +186,11 @@ def _prior_draws(reps, ordinals, seed: int, members: int, q: int, latent_dim: in
 
 
 def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members: int, seed: int, *,
-                       keep_members: bool, opts: AssimilationOptions) -> xr.Dataset:
-    """The body of :func:`assimilate_window` (arguments checked)."""
+                       keep_members: bool, opts: AssimilationOptions
+                       ) -> tuple[xr.Dataset, pd.DataFrame, torch.Tensor, np.ndarray]:
+    """The body of :func:`assimilate_window` (arguments checked): the analysis dataset, the QC'd table of the
+    window (one row per input row, in order), and the centre day's background ensemble (M, C, nlat, nlon) tensor
+    and analysis members (M, C, nlat, nlon) array, physical units."""
     t_start = _time.perf_counter()
     days = window_days(time, k)
     T, centre = days.size, k
@@ -228,8 +246,9 @@ def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members:
         log.info("%s: no usable observation in the %d-day window (%s): returning the prior ensemble", day.date(), T,
                  counts)
         diag.update(fit_before=np.nan, fit_after=np.nan, cost=0.0, iterations=0, converged_fraction=1.0, no_obs=1)
-        return analysis_dataset(xb[:, csl].cpu().numpy(), variables, grid, day, diag, method, counts,
-                                var_attrs=prior.var_attrs, keep_members=keep_members, attrs=attrs)
+        xa_c = xb[:, csl].cpu().numpy()
+        return (analysis_dataset(xa_c, variables, grid, day, diag, method, counts, var_attrs=prior.var_attrs,
+                                 keep_members=keep_members, attrs=attrs), table, xb[:, csl], xa_c)
 
     # -- stacked observation operator (row of day t reads channels t C .. t C + C − 1), targets and R --------------
     op = build(used, np.concatenate([np.full(r.size, t, dtype=np.int64) for t, r in enumerate(rows_by_day)]))
@@ -258,5 +277,6 @@ def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members:
              sum(r.size > 0 for r in rows_by_day), diag["obs_rejected"], diag["fit_before"], diag["fit_after"],
              diag["iterations"], res.evaluations, mode_iterations, 100 * diag["converged_fraction"],
              _time.perf_counter() - t_start)
-    return analysis_dataset(xa[:, csl].cpu().numpy(), variables, grid, day, diag, method, counts,
-                            var_attrs=prior.var_attrs, keep_members=keep_members, attrs=attrs)
+    xa_c = xa[:, csl].cpu().numpy()
+    return (analysis_dataset(xa_c, variables, grid, day, diag, method, counts, var_attrs=prior.var_attrs,
+                             keep_members=keep_members, attrs=attrs), table, xb[:, csl], xa_c)

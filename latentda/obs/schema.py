@@ -41,6 +41,24 @@ def check_columns(df: pd.DataFrame) -> None:
                          f"Expected columns: {list(OBS_COLUMNS)}")
 
 
+def parse_times(values: pd.Series, strict: bool = True) -> pd.Series:
+    """The observation times ``values`` as UTC-naive datetime64[ns] (the one time rule of the system): times with a
+    time zone are converted to UTC, naive ones are taken as UTC, missing values (None, NaN, NaT) are NaT. A value
+    that is not a date/time: ValueError naming it and its row (``strict``), NaT otherwise (QC flags the row)."""
+    values = pd.Series(values)
+    try:
+        t = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+    except (TypeError, ValueError) as exc:  # e.g. a column of objects pandas cannot even try
+        raise ValueError(f"observation times cannot be read as dates: {exc}") from None
+    t = t.dt.tz_localize(None).astype("datetime64[ns]")
+    bad = t.isna().to_numpy() & values.notna().to_numpy()
+    if strict and bad.any():
+        first = int(np.nonzero(bad)[0][0])
+        raise ValueError(f"observation time {values.iloc[first]!r} (row {first}) is not a date/time; "
+                         f"{int(bad.sum())} row(s) have unreadable times")
+    return t
+
+
 def validate_observations(df: pd.DataFrame, variables: Iterable[str] | None = None,
                           default_error: float | dict[str, float] | None = None,
                           time=None) -> pd.DataFrame:
@@ -98,7 +116,7 @@ def validate_observations(df: pd.DataFrame, variables: Iterable[str] | None = No
     if variables is not None:
         mark(~out["variable"].isin(variables).values, "unknown_variable")
     if "time" in out.columns:
-        out["time"] = pd.to_datetime(out["time"], errors="coerce")
+        out["time"] = parse_times(out["time"], strict=False).to_numpy()
         if time is not None:
             many = isinstance(time, (list, tuple, np.ndarray, pd.Index))
             days = [np.datetime64(pd.Timestamp(t).normalize()) for t in (time if many else [time])]

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..runtime import table_hash
+from .schema import parse_times
 
 
 def window_days(time, window: int) -> pd.DatetimeIndex:
@@ -24,24 +25,29 @@ def window_days(time, window: int) -> pd.DatetimeIndex:
     return pd.date_range(d - pd.Timedelta(days=int(window)), periods=2 * int(window) + 1, freq="D")
 
 
-def _row_days(observations: pd.DataFrame) -> pd.Series:
-    """Day (midnight) of every row; NaT where ``time`` is missing or not a date."""
+def row_days(observations: pd.DataFrame, strict: bool = True) -> pd.Series:
+    """Day (UTC midnight) of every row of ``observations`` by :func:`latentda.obs.schema.parse_times` (time zones
+    converted; NaT where ``time`` is missing). A time that is not a date: ValueError naming the value (``strict``:
+    selecting a day's rows) or NaT (``strict=False``: inside an analysis, where QC flags the row). ValueError if
+    the table has no ``time`` column."""
     if "time" not in observations.columns:
-        return pd.Series(pd.NaT, index=observations.index, dtype="datetime64[ns]")
-    return pd.to_datetime(observations["time"], errors="coerce").dt.normalize()
+        raise ValueError(f"the observation table has no 'time' column (needed to find each row's day); it has "
+                         f"{list(observations.columns)}")
+    return parse_times(observations["time"], strict=strict).dt.normalize()
 
 
 def window_coverage(observations: pd.DataFrame, days: pd.DatetimeIndex) -> dict[str, int]:
     """``window_days_observed``: how many of ``days`` have at least one row; ``obs_outside_window``: rows of other
-    days (rows without a parseable time count as outside)."""
-    t = _row_days(observations)
+    days (rows with a missing or unreadable time count as outside: QC flags them ``wrong_time``)."""
+    t = row_days(observations, strict=False)
     inside = t.isin(days)
     return {"window_days_observed": int(t[inside].nunique()), "obs_outside_window": int((~inside).sum())}
 
 
 def window_table(observations: pd.DataFrame, time, window: int) -> pd.DataFrame:
-    """The rows of ``observations`` whose day lies in [d − k, d + k], in their original order."""
-    return observations[_row_days(observations).isin(window_days(time, window)).values]
+    """The rows of ``observations`` whose day (:func:`row_days`) lies in [d − k, d + k], in their original order
+    (``latentda.backfill.observations_for_day`` selects through it)."""
+    return observations[row_days(observations).isin(window_days(time, window)).to_numpy()]
 
 
 def window_observation_hash(observations: pd.DataFrame, time, window: int) -> str:
