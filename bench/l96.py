@@ -10,8 +10,13 @@ variance 0.25, ensemble members with forcing F_m ~ N(8, 0.25) and initial spread
 
 Reported per method: analysis RMSE (time mean of the spatial RMS error of the ensemble mean, DAPPER ``rmse.a``)
 with its 95 % confidence half-width (AR(1)-corrected), spread (DAPPER ``rmv.a``; the assumed static analysis
-error for climatology/OI/3D-Var), wall seconds per cycle (forecast + analysis) and for the analysis alone, and
-whether the RMSE reproduces the published figure within 5 % or within its confidence interval if wider.
+error for climatology/OI/3D-Var), wall seconds per cycle and for the analysis alone, and whether the RMSE
+reproduces the published figure within 5 % or within its confidence interval if wider. Every method is timed the
+same way by ``run_twin``: ``s_per_cycle`` is the whole cycle loop (forecast of the members, analysis, and the
+per-cycle scoring) divided by the cycles, ``s_analysis`` the ``analyse`` call alone (for the ensemble filters
+with their inflation and rotation; for ``amortised`` the noise draw and one pass of the network). Each method
+runs after the previous one, so on a shared machine they see different loads: ``bench/l96_speed.py`` times the
+amortised network and the LETKF at N = 40 interleaved on identical inputs.
 ``amortised`` first trains Finn's analysis network (``--amortised-steps`` gradient steps, ``--train-minutes`` a
 safety stop) on simulated LETKF cycles of other truths (seed 1000), or loads ``--amortised-net PATH``;
 ``latent`` first trains the L96 VAE (free run of seed 2000) or loads ``--latent-prior PATH``, then runs latent
