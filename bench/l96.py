@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-net", type=Path, default=None, help="save the trained amortised network here")
     p.add_argument("--train-minutes", type=float, default=4.0, help="wall-clock safety bound on amortised training")
     p.add_argument("--amortised-steps", type=int, default=1500, help="amortised gradient steps per data round")
+    p.add_argument("--amortised-rounds", type=int, default=1,
+                   help="data rounds: 1 = teacher LETKF cycles only, then the network's own cycles (DAgger)")
+    p.add_argument("--amortised-unroll", type=int, default=1, help="cycles the network runs itself per sample")
+    p.add_argument("--amortised-infl", type=float, default=None, help="inflation of the network (default SETTINGS)")
     p.add_argument("--latent-prior", type=Path, default=None, help="load the L96 VAE instead of training it")
     p.add_argument("--save-prior", type=Path, default=None, help="save the trained L96 VAE here")
     return p
@@ -118,8 +123,11 @@ def make_method(name: str, setup: str, clim, args, log):
             net = load_net(args.amortised_net, device=args.device)
         else:
             teacher = M.LETKF(**SETTINGS[setup]["letkf"]) if setup == "finn" else None
+            settings = dict(SETTINGS[setup]["amortised"])
+            if args.amortised_infl is not None:
+                settings["infl"] = args.amortised_infl
             cfg = AmortisedConfig(max_minutes=args.train_minutes, steps=args.amortised_steps,
-                                  **SETTINGS[setup]["amortised"])
+                                  rounds=args.amortised_rounds, unroll=args.amortised_unroll, **settings)
             net, info = train_amortised(SETUPS[setup], cfg, teacher=teacher, device=args.device, log=log)
             log(f"amortised: trained {info}")
             if args.save_net is not None:
@@ -172,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"{name:13s} rmse_a {r.rmse:.4f} ± {r.rmse_ci:.4f}  spread {r.mean_spread:.4f}  "
             f"{r.s_per_cycle * 1e3:.2f} ms/cycle ({r.s_analysis * 1e3:.2f} analysis)")
     print_table(results)
-    out = {"config": {**asdict(cfg), "setup": args.setup, "device": str(dev), "threads": args.threads},
+    out = {"config": {**asdict(cfg), "setup": args.setup, "device": str(dev), "threads": args.threads,
+                      "load_avg_1min_end": os.getloadavg()[0]},
            "results": results}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ alternates between cycles:
 All analyses see the same forecast ensemble and observations; the LETKF's analysis is carried on. Reported:
 the median and the 10-90 % range of each, the ratio of the LETKF's median to the amortised one for the analysis
 alone and for forecast + analysis (median forecast + median analysis). Interleaving makes both methods see the
-same load, which on a shared machine moves the absolute times by 2-10×. ``--profile PATH`` then runs each method
+same load, which on a shared machine moves the absolute times by 2-10× (the JSON records the 1-minute load
+average before and after the timed loop). ``--profile PATH`` then runs each method
 under cProfile on the recorded inputs and writes the 20 most expensive functions by own time.
 
 How to run (from the repository root; the network from ``bench/l96.py --save-net``)::
@@ -24,7 +25,7 @@ How to run (from the repository root; the network from ``bench/l96.py --save-net
     .venv/bin/python bench/l96_speed.py --amortised-net out/amortised_sakov.pt --threads 1 \
         --json out/l96_speed.json --profile out/l96_profile.txt
 
-JSON: ``{"config": {...}, "ms": {name: {"median", "p10", "p90"}}, "ratio_analysis", "ratio_cycle"}``.
+JSON: ``{"config": {..., "load_avg_1min": [before, after]}, "ms": {name: {"median", "p10", "p90"}}, "ratio_analysis", "ratio_cycle"}``.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import sys
 import time
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cycles < 1 or args.spinup < 0:
         raise SystemExit(f"--cycles must be >= 1 and --spinup >= 0, got {args.cycles} and {args.spinup}")
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     cfg = replace(TwinConfig(), cycles=args.cycles, spinup=args.spinup, seed=args.seed)
     twin = make_twin(cfg)
     net = load_net(args.amortised_net)
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     med = {name: v["median"] for name, v in ms.items()}
     result = {"config": {"cycles": cfg.cycles, "spinup": cfg.spinup, "seed": cfg.seed, "threads": args.threads,
                          "net": str(args.amortised_net), "hidden": net.config.hidden, "layers": net.config.layers,
-                         "window": net.config.window},
+                         "window": net.config.window, "load_avg_1min": [load_before, os.getloadavg()[0]]},
               "ms": ms,
               "ratio_analysis": med["letkf_n40"] / med["amortised"],
               "ratio_cycle": (med["forecast"] + med["letkf_n40"]) / (med["forecast"] + med["amortised"]),

@@ -137,3 +137,30 @@ def test_amortised_method_bad_input_names_the_value():
     blurred = AnalysisNet(AmortisedConfig(members=6, hidden=8, window=3), 0.5 * torch.eye(4), torch.ones(4))
     with pytest.raises(ValueError, match=r"column sums \[0.5, 0.5, 0.5, 0.5\]"):
         AmortisedMethod(blurred)
+
+
+def test_speed_bench_times_both_methods_on_the_same_inputs(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_l96_speed", Path(__file__).resolve().parents[1] / "bench" / "l96_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    AnalysisNet(AmortisedConfig(members=40, hidden=8), torch.eye(40), torch.ones(40)).save(tmp_path / "net.pt")
+    old = torch.get_num_threads()
+    try:
+        out = bench.main(["--amortised-net", str(tmp_path / "net.pt"), "--cycles", "6", "--spinup", "2",
+                          "--json", str(tmp_path / "s.json"), "--profile", str(tmp_path / "p.txt")])
+    finally:
+        torch.set_num_threads(old)
+    assert set(out["ms"]) == {"forecast", "letkf_n40", "amortised", "amortised_forward"}
+    assert all(v["median"] > 0 for v in out["ms"].values())
+    assert out["ratio_analysis"] == pytest.approx(out["ms"]["letkf_n40"]["median"] / out["ms"]["amortised"]["median"])
+    text = (tmp_path / "p.txt").read_text()
+    assert all(f"== {name}: 6 analyses" in text for name in ("letkf_n40", "amortised", "amortised_forward"))
+    small = tmp_path / "small.pt"
+    AnalysisNet(AmortisedConfig(members=6), torch.eye(40), torch.ones(40)).save(small)
+    with pytest.raises(SystemExit, match="N = 6"):
+        bench.main(["--amortised-net", str(small)])
