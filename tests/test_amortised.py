@@ -156,7 +156,7 @@ def test_speed_bench_times_both_methods_on_the_same_inputs(tmp_path):
     finally:
         torch.set_num_threads(old)
     assert set(out["ms"]) == {"forecast", "letkf_n40", "amortised", "amortised_forward"}
-    assert all(v["median"] > 0 for v in out["ms"].values())
+    assert all(v["median"] > 0 for v in out["ms"].values()) and all(v > 0 for v in out["cpu_ms"].values())
     assert out["ratio_analysis"] == pytest.approx(out["ms"]["letkf_n40"]["median"] / out["ms"]["amortised"]["median"])
     text = (tmp_path / "p.txt").read_text()
     assert all(f"== {name}: 6 analyses" in text for name in ("letkf_n40", "amortised", "amortised_forward"))
