@@ -77,7 +77,7 @@ SETTINGS = {
               "enkf_sqrt_rot": dict(members=24, infl=1.013, rot=True),
               "letkf": dict(members=7, infl=1.04, rot=True, radius=4.0),
               "letkf_n40": dict(members=40, infl=1.02, rot=True, radius=4.0), "latent": dict(members=40, infl=1.06),
-              "amortised": dict(members=40, infl=1.01, rounds=1)},
+              "amortised": dict(members=40, infl=1.01, rounds=3)},
     "finn": {"enkf_pertobs": dict(members=50, infl=1.1), "enkf_sqrt": dict(members=50, infl=1.1),
              "enkf_sqrt_rot": dict(members=50, infl=1.1, rot=True),
              "letkf": dict(members=50, infl=1.1, radius=5.0), "letkf_n40": dict(members=40, infl=1.1, radius=5.0),
