@@ -13,7 +13,12 @@ alternates between cycles:
 * ``amortised_forward``: the network's training forward pass :meth:`AnalysisNet.forward` on the same input
   (what ``AmortisedMethod`` ran per cycle before the plan), as a baseline of this change.
 
-All analyses see the same forecast ensemble and observations; the LETKF's analysis is carried on. Reported:
+All analyses see the same forecast ensemble and observations; the LETKF's analysis is carried on. Then
+``letkf_n40_alone`` and ``amortised_alone`` time each method again on the recorded inputs with its calls back to
+back (warm caches: a lower bound, not a cycle), and ``letkf_n40_cycle`` and ``amortised_cycle`` time whole
+cycles (the forecast from the recorded previous analysis, then the analysis) as a filter runs them, in blocks of
+50 cycles that alternate between the two methods (each method's own code between its calls, both at nearly the
+same load). Reported:
 the median and the 10-90 % range of each, the ratio of the LETKF's median to the amortised one for the analysis
 alone and for forecast + analysis (median forecast + median analysis), in wall time (the issue's seconds) and in
 CPU time of the benchmark's thread (``time.thread_time``: not counting the time the process waits for a core,
@@ -28,7 +33,8 @@ How to run (from the repository root; the network from ``bench/l96.py --save-net
         --json out/l96_speed.json --profile out/l96_profile.txt
 
 JSON: ``{"config": {..., "load_avg_1min": [before, after]}, "ms": {name: {"median", "p10", "p90"}}, "cpu_ms":
-{name: median}, "ratio_analysis", "ratio_cycle", "ratio_analysis_cpu", "ratio_cycle_cpu", ...}``.
+{name: median}, "ratio_analysis", "ratio_cycle", "ratio_analysis_cpu", "ratio_cycle_cpu", "ratio_cycle_blocks",
+"ratio_cycle_blocks_cpu", ...}``.
 """
 from __future__ import annotations
 
@@ -52,6 +58,7 @@ from latentda.sequential import TwinConfig, make_twin  # noqa: E402
 from latentda.sequential.amortised import AmortisedMethod, load_net  # noqa: E402
 from latentda.sequential.methods import LETKF  # noqa: E402
 
+BLOCK = 50  # cycles per block of the whole-cycle timing
 LETKF_N40 = dict(members=40, infl=1.02, rot=True, radius=4.0)  # bench/l96.py SETTINGS["sakov"]["letkf_n40"]
 
 
@@ -101,18 +108,30 @@ def main(argv: list[str] | None = None) -> dict:
     inputs = []
     order = list(methods)
     for k in range(cfg.spinup + cfg.cycles):
+        prev = E
         E, dt = _timed(cfg.model.step, E, cfg.obs_every)
         y = twin.obs[k]
         if k < cfg.spinup:
             E = letkf.analyse(E, y, twin, gm["letkf_n40"])
             continue
         times["forecast"].append(dt)
-        inputs.append((E, y))
+        inputs.append((prev, E, y))
         out = {}
         for name in (order if k % 2 else order[::-1]):
             out[name], dt = _timed(methods[name], E, y, twin, gm[name])
             times[name].append(dt)
         E = out["letkf_n40"]
+    for name in ("letkf_n40", "amortised"):  # the same inputs again, one method's calls back to back
+        times[f"{name}_alone"] = [_timed(methods[name], E, y, twin, gm[name])[1] for _, E, y in inputs]
+
+    def cycle(name, prev, y):
+        return methods[name](cfg.model.step(prev, cfg.obs_every), y, twin, gm[name])
+
+    for name in ("letkf_n40", "amortised"):
+        times[f"{name}_cycle"] = []
+    for b, start in enumerate(range(0, len(inputs), BLOCK)):  # whole cycles, blocks alternating
+        for name in (("letkf_n40", "amortised") if b % 2 else ("amortised", "letkf_n40")):
+            times[f"{name}_cycle"] += [_timed(cycle, name, prev, y)[1] for prev, _, y in inputs[start:start + BLOCK]]
     ms, cpu_ms = {}, {}
     for name, t in times.items():
         wall, cpu = np.array(t).T * 1e3
@@ -129,21 +148,24 @@ def main(argv: list[str] | None = None) -> dict:
               "ratio_analysis_forward": med["letkf_n40"] / med["amortised_forward"],
               "ratio_analysis_cpu": cpu_ms["letkf_n40"] / cpu_ms["amortised"],
               "ratio_cycle_cpu": (cpu_ms["forecast"] + cpu_ms["letkf_n40"])
-              / (cpu_ms["forecast"] + cpu_ms["amortised"])}
+              / (cpu_ms["forecast"] + cpu_ms["amortised"]),
+              "ratio_cycle_blocks": med["letkf_n40_cycle"] / med["amortised_cycle"],
+              "ratio_cycle_blocks_cpu": cpu_ms["letkf_n40_cycle"] / cpu_ms["amortised_cycle"]}
     print("| step | median ms | 10-90 % ms | median CPU ms |\n|---|---:|---:|---:|")
     for name, v in ms.items():
         print(f"| {name} | {v['median']:.3f} | {v['p10']:.3f}-{v['p90']:.3f} | {cpu_ms[name]:.3f} |")
     print(f"LETKF N 40 / amortised: analysis {result['ratio_analysis']:.1f}x, forecast + analysis "
           f"{result['ratio_cycle']:.1f}x (training forward pass: {result['ratio_analysis_forward']:.1f}x); "
           f"CPU time: analysis {result['ratio_analysis_cpu']:.1f}x, forecast + analysis "
-          f"{result['ratio_cycle_cpu']:.1f}x; load {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+          f"{result['ratio_cycle_cpu']:.1f}x; whole cycles in blocks: {result['ratio_cycle_blocks']:.1f}x wall, "
+          f"{result['ratio_cycle_blocks_cpu']:.1f}x CPU; load {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
     if args.profile is not None:
         args.profile.parent.mkdir(parents=True, exist_ok=True)
         buf = io.StringIO()
         for name, f in methods.items():
             pr = cProfile.Profile()
             pr.enable()
-            for E, y in inputs:
+            for _, E, y in inputs:
                 f(E, y, twin, gm[name])
             pr.disable()
             buf.write(f"== {name}: {len(inputs)} analyses\n")

@@ -155,7 +155,8 @@ def test_speed_bench_times_both_methods_on_the_same_inputs(tmp_path):
                           "--json", str(tmp_path / "s.json"), "--profile", str(tmp_path / "p.txt")])
     finally:
         torch.set_num_threads(old)
-    assert set(out["ms"]) == {"forecast", "letkf_n40", "amortised", "amortised_forward"}
+    assert set(out["ms"]) == {"forecast", "letkf_n40", "amortised", "amortised_forward", "letkf_n40_alone",
+                              "amortised_alone", "letkf_n40_cycle", "amortised_cycle"}
     assert all(v["median"] > 0 for v in out["ms"].values()) and all(v > 0 for v in out["cpu_ms"].values())
     assert out["ratio_analysis"] == pytest.approx(out["ms"]["letkf_n40"]["median"] / out["ms"]["amortised"]["median"])
     text = (tmp_path / "p.txt").read_text()
