@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amortised-net", type=Path, default=None, help="load a trained network instead of training")
     p.add_argument("--save-net", type=Path, default=None, help="save the trained amortised network here")
-    p.add_argument("--train-minutes", type=float, default=4.0, help="wall-clock safety bound on amortised training")
+    p.add_argument("--train-minutes", type=float, default=15.0, help="wall-clock safety bound on amortised training")
     p.add_argument("--amortised-steps", type=int, default=1500, help="amortised gradient steps per data round")
     p.add_argument("--amortised-rounds", type=int, default=None,
                    help="data rounds: 1 = teacher LETKF cycles only, then the network's own cycles (DAgger); "
