@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..da.solver import minimize_batched
-from .amortised import CLIM_MEAN, CLIM_STD
+from .amortised_net import CLIM_MEAN, CLIM_STD
 from .checks import check_ensemble, check_inflation, check_obs
 from .l96 import Lorenz96
 from .twin import Twin, ensemble_spread
