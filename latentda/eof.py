@@ -42,3 +42,20 @@ def scaled_eofs(X: np.ndarray, count: Callable[[np.ndarray], int], *, mean: np.n
         tau = count(lam)
         modes = U[:, :tau] * np.sqrt(lam[:tau])
     return modes, lam
+
+
+def weighted_eofs(X: np.ndarray, lat_weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` leading EOFs of samples ``X`` (S, C, nlat, nlon) under the area-weighted inner product
+    ``<a, b> = sum w_i a b`` (``lat_weights`` w (nlat,)): ``mean`` (N,) and ``modes`` (N, k) float64, N = C nlat nlon,
+    each mode ``e_k = W^-1/2 u_k sigma_k`` with u_k the k-th EOF of ``W^1/2 (x - mean) / sqrt(S - 1)``, so the
+    coefficients ``(E^T W E)^-1 E^T W (x - mean)`` of the training samples have unit variance and
+    ``mean + E coeffs`` is the weighted least-squares best rank-k reconstruction of the training samples."""
+    S = X.shape[0]
+    if not 1 <= k <= min(S - 1, int(np.prod(X.shape[1:]))):
+        raise ValueError(f"k={k} EOFs impossible from {S} samples of {int(np.prod(X.shape[1:]))} values")
+    sw = np.broadcast_to(np.sqrt(np.asarray(lat_weights, dtype=np.float64))[None, :, None], X.shape[1:]).ravel()
+    flat = X.reshape(S, -1)
+    mean = flat.mean(axis=0, dtype=np.float64)
+    modes, _ = scaled_eofs((flat * sw).astype(np.float32, copy=False), lambda lam: k, mean=mean * sw,
+                           scale=1.0 / np.sqrt(S - 1))
+    return mean, modes / sw[:, None]

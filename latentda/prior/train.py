@@ -5,6 +5,7 @@ Objective (negative ELBO per sample, reported per grid value):
 with ``w_i`` = cos(lat) weights of mean 1 (:meth:`Grid.weights`) and ``beta_e`` ramping linearly from
 ``beta / (kl_warmup_epochs + 1)`` to ``beta`` over the warm-up epochs. Validation always uses the full ``beta`` and
 the same noise every epoch, so its values are comparable; the weights of the best validation epoch are kept.
+With ``beta = 0`` the model is a deterministic autoencoder: z = mu, no noise, the loss is the reconstruction term.
 
 The validation split is random blocks of ``val_block_days`` consecutive days (daily fields are autocorrelated, so
 random single days would leak the training set into validation).
@@ -33,6 +34,7 @@ from .checkpoint import Prior, resolve_device
 from .config import PriorConfig, as_config
 from .residual import residual_modes
 from .transition import fit_transition
+from ..eof import weighted_eofs
 from .vae import ConvVAE, choose_n_down, kl_divergence, weighted_sq_error
 
 #: longitude rotations of the training pairs of the latent transition for zonally symmetric data
@@ -123,6 +125,20 @@ def _check_climatology(clim: xr.Dataset, variables: Sequence[str], grid: Grid) -
     return clim
 
 
+#: attribute of a dataset that declares its statistics zonally symmetric (1/0), and the generators whose output is
+ZONAL_SYMMETRY_ATTR = "latentda:zonally_symmetric"
+ZONALLY_SYMMETRIC_GENERATORS = ("latentda.sim.heldsuarez",)
+
+
+def data_zonal_symmetry(ds: xr.Dataset) -> bool:
+    """Whether ``ds``'s statistics do not depend on longitude, from its attributes: ``latentda:zonally_symmetric``
+    if present (any truthy value), else True for data made by a zonally symmetric generator (``latentda:generator``
+    in :data:`ZONALLY_SYMMETRIC_GENERATORS`: Held-Suarez has no land, orography or seasons), else False."""
+    if ZONAL_SYMMETRY_ATTR in ds.attrs:
+        return bool(int(ds.attrs[ZONAL_SYMMETRY_ATTR]))
+    return ds.attrs.get("latentda:generator") in ZONALLY_SYMMETRIC_GENERATORS
+
+
 def fit_zonal_climatology(ds: xr.Dataset, variables: Sequence[str], n_harmonics: int = 3) -> xr.Dataset:
     """Zonally uniform harmonic climatology: :func:`fit_climatology` with every longitude taken as another sample
     of the same latitude (least squares over time x lon), broadcast back to all longitudes.
@@ -165,7 +181,7 @@ def _evaluate(model: ConvVAE, X: torch.Tensor, idx: torch.Tensor, w: torch.Tenso
             x = X[idx[k:k + batch]]
             mu, logvar = model.encode(x)
             eps = torch.randn(mu.shape, generator=gen, device=X.device)
-            x_hat = model.decode(mu + torch.exp(0.5 * logvar) * eps)
+            x_hat = model.decode(mu + torch.exp(0.5 * logvar) * eps if beta > 0 else mu)
             kl = kl_divergence(mu, logvar)
             tot["loss"] += float((0.5 * weighted_sq_error(x, x_hat, w) + beta * kl).sum())
             tot["mse_mu"] += float(weighted_sq_error(x, model.decode(mu), w).sum())
@@ -207,6 +223,8 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
         if nbad:
             raise ValueError(f"variable {v!r} has {nbad} non-finite values; fill or drop those days first")
     data_sha = array_sha256(phys)
+    if cfg.zonal_symmetry is None:
+        cfg = cfg.model_copy(update={"zonal_symmetry": data_zonal_symmetry(fields)})
     if climatology is not None:
         clim = _check_climatology(climatology, variables, grid)
     elif cfg.zonal_symmetry:
@@ -221,10 +239,15 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
             devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         model = ConvVAE(len(variables), *grid.shape, latent_dim=cfg.latent_dim,
-                        base_channels=cfg.base_channels, n_down=n_down, max_mult=cfg.max_channel_mult).to(device)
+                        base_channels=cfg.base_channels, n_down=n_down, max_mult=cfg.max_channel_mult,
+                        dropout=cfg.dropout, res_blocks=cfg.res_blocks, linear_path=cfg.linear_path).to(device)
         X = torch.from_numpy(anom).to(device)
-        del anom
         w = torch.as_tensor(grid.weights(), dtype=torch.float32, device=device)
+        if cfg.linear_path:
+            mean, modes = weighted_eofs(anom[train_idx], grid.weights(), cfg.latent_dim)
+            model.init_linear_path(torch.as_tensor(mean, dtype=torch.float32, device=device),
+                                   torch.as_tensor(modes, dtype=torch.float32, device=device), w)
+        del anom
         tr = torch.as_tensor(train_idx, device=device)
         va = torch.as_tensor(val_idx, device=device)
         result = _fit(model, X, tr, va, w, cfg, device, progress)
@@ -314,7 +337,8 @@ def _package_version() -> str:
 
 def _fit(model: ConvVAE, X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, w: torch.Tensor, cfg: PriorConfig,
          device: torch.device, progress: bool) -> dict:
-    """The training loop: Adam(W), KL warm-up, early stopping on the validation loss, wall-time limit."""
+    """The training loop: Adam(W), KL warm-up, early stopping on the validation loss, wall-time limit. A model with
+    a linear EOF path is evaluated before the first epoch too (history epoch -1), so its initial state can be kept."""
     from tqdm import tqdm
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -329,6 +353,11 @@ def _fit(model: ConvVAE, X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, w:
     stop_reason = "epochs"
     bar = tqdm(total=cfg.epochs, desc="train prior", unit="epoch", file=sys.stderr, disable=not progress,
                leave=False)
+    if getattr(model, "linear_path", False):  # the EOF start is a candidate: training can only improve on it
+        val = _evaluate(model, X, va, w, cfg.beta, cfg.seed + 2)
+        history.append({"epoch": -1, "beta": cfg.beta, "train_loss": None, "val_loss": val["loss"],
+                        "val_mse": val["mse_mu"], "val_kl": val["kl"], "seconds": round(_time.monotonic() - t0, 3)})
+        best_loss, best_state = val["loss"], {k: t.detach().clone() for k, t in model.state_dict().items()}
     try:
         for epoch in range(cfg.epochs):
             beta_e = cfg.beta * min(1.0, (epoch + 1) / (cfg.kl_warmup_epochs + 1))
@@ -342,7 +371,7 @@ def _fit(model: ConvVAE, X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, w:
                     cols = (torch.arange(nlon, device=device)[None, :] - shift) % nlon
                     x = x.gather(-1, cols[:, None, None, :].expand_as(x))
                 eps = torch.randn((x.shape[0], model.latent_dim), generator=g_noise, device=device)
-                x_hat, mu, logvar = model(x, eps)
+                x_hat, mu, logvar = model(x, eps if cfg.beta > 0 else None)   # beta = 0: a plain autoencoder
                 loss = (0.5 * weighted_sq_error(x, x_hat, w) + beta_e * kl_divergence(mu, logvar)).mean() / npix
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -375,7 +404,7 @@ def _fit(model: ConvVAE, X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, w:
     finally:
         bar.close()
     return {"best_state": best_state, "best_loss": best_loss, "best_epoch": best_epoch, "history": history,
-            "epochs_run": len(history), "stop_reason": stop_reason, "seconds": _time.monotonic() - t0}
+            "epochs_run": sum(r["epoch"] >= 0 for r in history), "stop_reason": stop_reason, "seconds": _time.monotonic() - t0}
 
 
 STOP_REASONS = {"epochs": "all {epochs} epochs ran", "max_minutes": "the max_minutes={max_minutes} time limit",
