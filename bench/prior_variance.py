@@ -6,7 +6,8 @@ of ``--base``), trains a prior on the training period (its own 10 % block split 
 period is never seen) under ``--minutes`` of wall time, then reports the explained variance (definition in
 :mod:`latentda.prior.explained`: 1 - area-weighted MSE of g(mu(x)) / second moment of the standardised anomalies)
 on the held-out period, per variable and for all variables, beside the rank-k area-weighted EOFs of the training
-period (k = the dimension). Every row uses the same climatology (fitted once on the training period: zonally
+period (k = the dimension; ``eof_zonal``: the EOFs of the rotation-averaged covariance, where the data are zonally
+symmetric, :func:`latentda.eof.zonal_weighted_eofs`). Every row uses the same climatology (fitted once on the training period: zonally
 uniform where the data are zonally symmetric, ``n_harmonics`` from ``--base``), so the rows are comparable.
 Also printed: the EV on the training period (overfitting), training minutes, epochs, best epoch, stop reason,
 and the EOFs' in-sample share of the training variance (the figure the README quoted before, for reference).
@@ -19,7 +20,8 @@ and the EOFs' in-sample share of the training variance (the figure the README qu
     # seconds, on tiny synthetic data (the test runs this):
     .venv/bin/python bench/prior_variance.py --quick --json out/pv_quick.json
 
-``--save DIR`` writes each prior to ``DIR/prior_<setting>_<dim>.pt``. ``--base`` defaults to the bench settings
+``--checkpoints '{"name": "path.pt"}'`` evaluates priors trained elsewhere (rows at their latent dimension, which
+must be in ``--dims``; their climatology must be the bench's). ``--save DIR`` writes each prior to ``DIR/prior_<setting>_<dim>.pt``. ``--base`` defaults to the bench settings
 of ``bench/train_prior.py`` (base_channels 32, n_harmonics 0, epochs 200, patience 8).
 """
 from __future__ import annotations
@@ -76,7 +78,7 @@ def run(a) -> dict:
     import latentda
     from latentda.grid import Grid
     from latentda.normalization import fit_climatology
-    from latentda.prior.explained import eof_reconstruction, explained_variance, prior_reconstruction
+    from latentda.prior.explained import eof_reconstruction, explained_variance
     from latentda.prior.train import data_zonal_symmetry, fit_zonal_climatology
 
     torch.set_num_threads(a.threads)
@@ -95,25 +97,32 @@ def run(a) -> dict:
     rows = []
     settings = json.loads(a.settings)
     for dim in a.dims:
-        if not a.no_eof:
+        for method, zonal_eofs in (("eof", False), ("eof_zonal", True)):
+            if a.no_eof or (zonal_eofs and not zonal):
+                continue
             t0 = time.perf_counter()
-            rec = eof_reconstruction(x_train, w, dim)
+            rec = eof_reconstruction(x_train, w, dim, zonal=zonal_eofs)
             ev, ev_train = explained_variance(x_test, rec(x_test), w, variables), \
                 explained_variance(x_train, rec(x_train), w, variables)
-            rows.append({"dim": dim, "method": "eof", "heldout": ev, "train": ev_train,
+            rows.append({"dim": dim, "method": method, "heldout": ev, "train": ev_train,
                          "minutes": round((time.perf_counter() - t0) / 60, 2), "epochs": None,
                          "stop_reason": "closed form"})
+            print(json.dumps(rows[-1]), flush=True)
+        for name, path in a.checkpoints.items():
+            prior = latentda.load_prior(path, device="cpu")
+            if prior.latent_dim != dim:
+                continue
+            if not prior.climatology.equals(clim):
+                raise ValueError(f"checkpoint {path} has another climatology than the bench's (n_harmonics "
+                                 f"{prior.config.n_harmonics}, zonal {prior.config.zonal_symmetry}): its rows "
+                                 "would not be comparable; pass --base with its n_harmonics")
+            rows.append(dict(_prior_row(prior, x_train, x_test, w, variables), dim=dim, method=name,
+                             checkpoint=path))
             print(json.dumps(rows[-1]), flush=True)
         for name, overrides in settings.items():
             cfg = dict(base, latent_dim=dim, max_minutes=a.minutes, num_threads=a.threads, seed=a.seed, **overrides)
             prior = latentda.train_prior(train, cfg, variables=variables, climatology=clim, progress=False)
-            p = prior.provenance
-            row = {"dim": dim, "method": name, "settings": overrides,
-                   "heldout": explained_variance(x_test, prior_reconstruction(prior, x_test), w, variables),
-                   "train": explained_variance(x_train, prior_reconstruction(prior, x_train), w, variables),
-                   "minutes": round(p["train_seconds"] / 60, 2), "epochs": p["epochs_run"],
-                   "best_epoch": p["best_epoch"] + 1, "stop_reason": p["stop_reason"],
-                   "val_mse_best": min(h["val_mse"] for h in prior.history)}
+            row = dict(_prior_row(prior, x_train, x_test, w, variables), dim=dim, method=name, settings=overrides)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if a.save:
@@ -121,6 +130,21 @@ def run(a) -> dict:
                 row["checkpoint"] = str(Path(a.save) / f"prior_{name}_{dim}.pt")
                 row["sha256"] = prior.save(row["checkpoint"])
     return {"info": info, "rows": rows}
+
+
+def _prior_row(prior, x_train, x_test, w, variables) -> dict:
+    """Explained variance (held-out and training period) and the training record of one prior."""
+    from latentda.prior.explained import explained_variance, prior_reconstruction
+
+    p = prior.provenance
+    return {"heldout": explained_variance(x_test, prior_reconstruction(prior, x_test), w, variables),
+            "train": explained_variance(x_train, prior_reconstruction(prior, x_train), w, variables),
+            "minutes": round(p["train_seconds"] / 60, 2), "epochs": p["epochs_run"],
+            "best_epoch": p["best_epoch"] + 1, "stop_reason": p["stop_reason"],
+            "val_mse_best": min(h["val_mse"] for h in prior.history),
+            "config": {k: v for k, v in prior.config.model_dump().items()
+                       if k in ("latent_dim", "base_channels", "beta", "zonal_symmetry", "weight_decay", "dropout",
+                                "res_blocks", "linear_path", "max_channel_mult")}}
 
 
 def table(paths: list[str]) -> str:
@@ -160,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eof", action="store_true", help="skip the EOF rows")
+    p.add_argument("--checkpoints", type=json.loads, default={},
+                   help='JSON {name: path}: also evaluate these trained priors (at their latent dimension)')
     p.add_argument("--save", default=None, help="directory for the trained priors")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--quick", action="store_true", help="tiny synthetic data, seconds (for the test)")

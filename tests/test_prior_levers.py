@@ -66,6 +66,30 @@ def test_weighted_eofs_are_the_best_weighted_rank_k_fit():
         weighted_eofs(x, w, 200)
 
 
+def test_zonal_eofs_are_the_eofs_of_all_rotations():
+    """The EOFs of the rotation-averaged covariance equal the plain weighted EOFs of the sample set extended by all
+    longitude rotations (same variances up to the (S nlon - 1) / (nlon (S - 1)) divisor, same leading subspace)."""
+    from latentda.eof import zonal_weighted_eofs
+
+    rng = np.random.default_rng(0)
+    S, C, nlat, nlon = 200, 2, 8, 16
+    w = Grid.regular(nlat, nlon).weights()
+    X = np.einsum("sk,kcij->scij", rng.normal(size=(S, 30)) * np.linspace(3, 0.1, 30),
+                  rng.normal(size=(30, C, nlat, nlon)))
+    rotated = np.concatenate([np.roll(X, r, axis=-1) for r in range(nlon)])
+    m1, e1 = zonal_weighted_eofs(X, w, 8)
+    m2, e2 = weighted_eofs(rotated, w, 8)
+    wv = np.broadcast_to(w[None, :, None], (C, nlat, nlon)).ravel()
+    np.testing.assert_allclose(m1, m2, atol=1e-12)
+    np.testing.assert_allclose((e1 ** 2 * wv[:, None]).sum(0),
+                               (e2 ** 2 * wv[:, None]).sum(0) * (S * nlon - 1) / (nlon * (S - 1)), rtol=1e-6)
+
+    def projector(e):
+        q = np.linalg.qr(e * np.sqrt(wv)[:, None])[0]
+        return q @ q.T
+    np.testing.assert_allclose(projector(e1), projector(e2), atol=1e-6)
+
+
 def test_linear_path_starts_at_the_eofs():
     x = _low_rank()
     w = Grid.regular(16, 32).weights()
@@ -92,6 +116,10 @@ def test_linear_path_prior_keeps_its_eof_start_on_validation(tmp_path):
     hist = p.history
     assert hist[0]["epoch"] == -1 and p.provenance["epochs_run"] == 2
     assert p.provenance["best_val_loss"] == min(h["val_loss"] for h in hist) <= hist[0]["val_loss"]
+    from latentda.prior.train import _param_groups    # the EOF matrices learn at a rate relative to their entries
+    groups = _param_groups(p.model, 1e-3)
+    assert len(groups) == 3 and all(0 < g["lr"] < 1e-3 for g in groups[1:])
+    assert sum(len(g["params"]) for g in groups) == len(list(p.model.parameters()))
     sha = p.save(str(tmp_path / "lin.pt"))
     q = load_prior(str(tmp_path / "lin.pt"), device="cpu")
     assert q.checksum() == sha and q.model.arch()["linear_path"] is True

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..eof import weighted_eofs
+from ..eof import weighted_eofs, zonal_weighted_eofs
 
 __all__ = ["explained_variance", "prior_reconstruction", "eof_reconstruction"]
 
@@ -57,10 +57,12 @@ def prior_reconstruction(prior, x: np.ndarray, batch: int = 128) -> np.ndarray:
     return out
 
 
-def eof_reconstruction(train: np.ndarray, lat_weights: np.ndarray, k: int) -> Callable[[np.ndarray], np.ndarray]:
+def eof_reconstruction(train: np.ndarray, lat_weights: np.ndarray, k: int,
+                       zonal: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """The rank-``k`` EOF reconstruction fitted on ``train`` (S, C, nlat, nlon) standardised anomalies: a function
-    mapping (T, C, nlat, nlon) anomalies to ``m + E (E^T W E)^-1 E^T W (x - m)`` (same shape, float64)."""
-    mean, modes = weighted_eofs(train, lat_weights, k)
+    mapping (T, C, nlat, nlon) anomalies to ``m + E (E^T W E)^-1 E^T W (x - m)`` (same shape, float64). ``zonal``:
+    the EOFs of the rotation-averaged covariance (:func:`latentda.eof.zonal_weighted_eofs`)."""
+    mean, modes = (zonal_weighted_eofs if zonal else weighted_eofs)(train, lat_weights, k)
     shape = train.shape[1:]
     wv = np.broadcast_to(np.asarray(lat_weights, np.float64)[None, :, None], shape).ravel()
     proj = np.linalg.solve(modes.T @ (wv[:, None] * modes), (wv[:, None] * modes).T)   # (k, N)

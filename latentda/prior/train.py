@@ -34,7 +34,7 @@ from .checkpoint import Prior, resolve_device
 from .config import PriorConfig, as_config
 from .residual import residual_modes
 from .transition import fit_transition
-from ..eof import weighted_eofs
+from ..eof import weighted_eofs, zonal_weighted_eofs
 from .vae import ConvVAE, choose_n_down, kl_divergence, weighted_sq_error
 
 #: longitude rotations of the training pairs of the latent transition for zonally symmetric data
@@ -244,7 +244,8 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
         X = torch.from_numpy(anom).to(device)
         w = torch.as_tensor(grid.weights(), dtype=torch.float32, device=device)
         if cfg.linear_path:
-            mean, modes = weighted_eofs(anom[train_idx], grid.weights(), cfg.latent_dim)
+            eofs = zonal_weighted_eofs if cfg.zonal_symmetry else weighted_eofs
+            mean, modes = eofs(anom[train_idx], grid.weights(), cfg.latent_dim)
             model.init_linear_path(torch.as_tensor(mean, dtype=torch.float32, device=device),
                                    torch.as_tensor(modes, dtype=torch.float32, device=device), w)
         del anom
@@ -335,13 +336,25 @@ def _package_version() -> str:
     return str(__version__)
 
 
+def _param_groups(model: ConvVAE, lr: float) -> list[dict]:
+    """Adam parameter groups: the network at ``lr``; each matrix of a linear EOF path at ``lr`` times its initial
+    RMS entry (Adam moves every entry by about lr per step whatever its size, and the encoder's EOF projection has
+    entries ~1e-3: at the full rate the first steps would erase the EOF start)."""
+    if not getattr(model, "linear_path", False):
+        return [{"params": list(model.parameters())}]
+    linear = [model.lin_enc, model.lin_dec]
+    rest = [p for p in model.parameters() if all(p is not q for q in linear)]
+    return [{"params": rest}] + [{"params": [p], "lr": lr * float(p.detach().pow(2).mean().sqrt())} for p in linear]
+
+
 def _fit(model: ConvVAE, X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, w: torch.Tensor, cfg: PriorConfig,
          device: torch.device, progress: bool) -> dict:
     """The training loop: Adam(W), KL warm-up, early stopping on the validation loss, wall-time limit. A model with
     a linear EOF path is evaluated before the first epoch too (history epoch -1), so its initial state can be kept."""
     from tqdm import tqdm
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.learning_rate), lr=cfg.learning_rate,
+                            weight_decay=cfg.weight_decay)
     g_shuffle = torch.Generator().manual_seed(cfg.seed)
     g_noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     npix = float(X[0].numel())
