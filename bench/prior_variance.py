@@ -148,7 +148,8 @@ def _prior_row(prior, x_train, x_test, w, variables) -> dict:
 
 
 def table(paths: list[str]) -> str:
-    """Markdown table (dimension x method) of the rows of the given JSON outputs, EOF rows first per dimension."""
+    """Markdown table (dimension x method) of the rows of the given JSON outputs: per dimension the EOF rows first,
+    then the priors by held-out EV; a (dimension, method) seen twice is shown once (the first file wins)."""
     rows = [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
     seen, uniq = set(), []
     for r in rows:
@@ -156,7 +157,7 @@ def table(paths: list[str]) -> str:
         if key not in seen:
             seen.add(key)
             uniq.append(r)
-    uniq.sort(key=lambda r: (r["dim"], r["method"] != "eof", -r["heldout"]["all"]))
+    uniq.sort(key=lambda r: (r["dim"], not r["method"].startswith("eof"), -r["heldout"]["all"]))
     names = list(uniq[0]["heldout"]["per_variable"])
     head = ("| dim | method | held-out EV all | " + " | ".join(SHORT.get(v, v) for v in names)
             + " | train EV all | minutes | epochs (best) | stop |")
