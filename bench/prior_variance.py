@@ -79,7 +79,7 @@ def run(a) -> dict:
     from latentda.grid import Grid
     from latentda.normalization import fit_climatology
     from latentda.prior.explained import eof_reconstruction, explained_variance
-    from latentda.prior.train import data_zonal_symmetry, fit_zonal_climatology
+    from latentda.prior.zonal import data_zonal_symmetry, fit_zonal_climatology
 
     torch.set_num_threads(a.threads)
     train, heldout, variables = load_data(a)

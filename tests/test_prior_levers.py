@@ -15,7 +15,7 @@ from latentda.eof import weighted_eofs
 from latentda.grid import Grid
 from latentda.prior import ConvVAE, PriorConfig, load_prior, train_prior
 from latentda.prior.explained import eof_reconstruction, explained_variance, prior_reconstruction
-from latentda.prior.train import data_zonal_symmetry
+from latentda.prior.zonal import data_zonal_symmetry
 from latentda.testing import TINY_PRIOR_CONFIG, synthetic_fields
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,7 +41,7 @@ class PriorConfig(BaseModel):
     zonal_symmetry: bool | None = Field(None, description="data statistics are zonally symmetric (e.g. Held-Suarez: "
                                         "no land, orography or seasons in longitude): fit a zonally uniform "
                                         "climatology and augment training with random longitude rotations; None: "
-                                        "from the data's attributes (latentda.prior.train.data_zonal_symmetry), "
+                                        "from the data's attributes (latentda.prior.zonal.data_zonal_symmetry), "
                                         "resolved to True/False in the trained prior's config")
     residual_modes: int = Field(0, ge=0, description="leading modes of the reconstruction residual on the training "
                                 "days kept for the representation-error covariance (0: none; see "
