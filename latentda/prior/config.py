@@ -39,9 +39,11 @@ class PriorConfig(BaseModel):
     n_down: int | None = Field(None, ge=1, le=6, description="stride-2 levels; None: chosen from the grid (<= 3)")
     val_block_days: int = Field(8, ge=1, description="validation days are drawn in blocks of this many days")
     weight_decay: float = Field(0.0, ge=0, description="Adam(W) decoupled weight decay")
-    zonal_symmetry: bool = Field(False, description="data statistics are zonally symmetric (e.g. Held-Suarez: no "
-                                 "land, orography or seasons in longitude): fit a zonally uniform climatology and "
-                                 "augment training with random longitude rotations")
+    zonal_symmetry: bool | None = Field(None, description="data statistics are zonally symmetric (e.g. Held-Suarez: "
+                                        "no land, orography or seasons in longitude): fit a zonally uniform "
+                                        "climatology and augment training with random longitude rotations; None: "
+                                        "from the data's attributes (latentda.prior.zonal.data_zonal_symmetry), "
+                                        "resolved to True/False in the trained prior's config")
     residual_modes: int = Field(0, ge=0, description="leading modes of the reconstruction residual on the training "
                                 "days kept for the representation-error covariance (0: none; see "
                                 "latentda.prior.residual)")
@@ -74,6 +76,14 @@ class PriorConfig(BaseModel):
             raise ValueError(f"flow_prior=True with window={self.window}: a flow prior is a day prior (the latent "
                              "transition models z, the flow prior's assimilation latent is u)")
         return self
+
+    # --- issue 12 item 1: regularisation and capacity levers (bench/prior_variance.py measures them) ---
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout probability on the flattened encoder features "
+                           "(training only)")
+    res_blocks: int = Field(0, ge=0, le=4, description="residual 3x3 blocks after every encoder level and before "
+                            "every decoder upsampling (depth)")
+    linear_path: bool = Field(False, description="add a linear encoder/decoder path initialised at the leading "
+                              "area-weighted EOFs of the training days: g(z) = m + E z + NN(z)")
 
     @field_validator("device")
     @classmethod

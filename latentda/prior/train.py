@@ -5,6 +5,7 @@ Objective (negative ELBO per sample, reported per grid value):
 with ``w_i`` = cos(lat) weights of mean 1 (:meth:`Grid.weights`) and ``beta_e`` ramping linearly from
 ``beta / (kl_warmup_epochs + 1)`` to ``beta`` over the warm-up epochs. Validation always uses the full ``beta`` and
 the same noise every epoch, so its values are comparable; the weights of the best validation epoch are kept.
+With ``beta = 0`` the model is a deterministic autoencoder: z = mu, no noise, the loss is the reconstruction term.
 
 The validation split is random blocks of ``val_block_days`` consecutive days (daily fields are autocorrelated, so
 random single days would leak the training set into validation).
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..eof import weighted_eofs, zonal_weighted_eofs
 from ..fields import to_array
 from ..grid import Grid, normalize_grid
 from ..normalization import climatology_at, fit_climatology
@@ -35,6 +37,7 @@ from .flowfit import fit_prior_flow
 from .residual import residual_modes
 from .transition import fit_transition
 from .vae import ConvVAE, choose_n_down, kl_divergence, weighted_sq_error
+from .zonal import data_zonal_symmetry, fit_zonal_climatology
 
 #: longitude rotations of the training pairs of the latent transition for zonally symmetric data
 TRANSITION_ROTATIONS = 8
@@ -124,27 +127,6 @@ def _check_climatology(clim: xr.Dataset, variables: Sequence[str], grid: Grid) -
     return clim
 
 
-def fit_zonal_climatology(ds: xr.Dataset, variables: Sequence[str], n_harmonics: int = 3) -> xr.Dataset:
-    """Zonally uniform harmonic climatology: :func:`fit_climatology` with every longitude taken as another sample
-    of the same latitude (least squares over time x lon), broadcast back to all longitudes.
-
-    For data whose statistics do not depend on longitude (Held-Suarez) this removes the sampling noise that a
-    per-point fit leaves in m(d) and s(d). Same dataset layout and attrs as :func:`fit_climatology`.
-    """
-    nlon = ds.sizes["lon"]
-    times = np.repeat(ds["time"].values, nlon)
-    data = {}
-    for v in variables:
-        x = ds[v].transpose("time", "lat", "lon").values
-        stacked = x.transpose(0, 2, 1).reshape(-1, x.shape[1], 1)        # (time * lon, lat, 1)
-        data[v] = (("time", "lat", "lon"), stacked, dict(ds[v].attrs))
-    flat = xr.Dataset(data, coords={"time": times, "lat": ds["lat"].values, "lon": [0.0]})
-    clim = fit_climatology(flat, variables, n_harmonics)
-    clim = clim.isel(lon=np.zeros(nlon, dtype=int)).assign_coords(lon=ds["lon"].values)
-    clim.attrs.update(period=f"{str(ds.time.values[0])[:10]}/{str(ds.time.values[-1])[:10]}", zonal_symmetry=1)
-    return clim
-
-
 def _standardise(phys: np.ndarray, clim: xr.Dataset, variables: Sequence[str], times) -> np.ndarray:
     """x' = (x - m(d)) / s(d) per variable: (T, C, nlat, nlon) -> float32 (T, C, nlat, nlon)."""
     out = np.empty(phys.shape, dtype=np.float32)
@@ -166,7 +148,7 @@ def _evaluate(model: ConvVAE, X: torch.Tensor, idx: torch.Tensor, w: torch.Tenso
             x = X[idx[k:k + batch]]
             mu, logvar = model.encode(x)
             eps = torch.randn(mu.shape, generator=gen, device=X.device)
-            x_hat = model.decode(mu + torch.exp(0.5 * logvar) * eps)
+            x_hat = model.decode(mu + torch.exp(0.5 * logvar) * eps if beta > 0 else mu)
             kl = kl_divergence(mu, logvar)
             tot["loss"] += float((0.5 * weighted_sq_error(x, x_hat, w) + beta * kl).sum())
             tot["mse_mu"] += float(weighted_sq_error(x, model.decode(mu), w).sum())
@@ -208,6 +190,8 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
         if nbad:
             raise ValueError(f"variable {v!r} has {nbad} non-finite values; fill or drop those days first")
     data_sha = array_sha256(phys)
+    if cfg.zonal_symmetry is None:
+        cfg = cfg.model_copy(update={"zonal_symmetry": data_zonal_symmetry(fields)})
     if climatology is not None:
         clim = _check_climatology(climatology, variables, grid)
     elif cfg.zonal_symmetry:
@@ -222,10 +206,16 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
             devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         model = ConvVAE(len(variables), *grid.shape, latent_dim=cfg.latent_dim,
-                        base_channels=cfg.base_channels, n_down=n_down, max_mult=cfg.max_channel_mult).to(device)
+                        base_channels=cfg.base_channels, n_down=n_down, max_mult=cfg.max_channel_mult,
+                        dropout=cfg.dropout, res_blocks=cfg.res_blocks, linear_path=cfg.linear_path).to(device)
         X = torch.from_numpy(anom).to(device)
-        del anom
         w = torch.as_tensor(grid.weights(), dtype=torch.float32, device=device)
+        if cfg.linear_path:
+            eofs = zonal_weighted_eofs if cfg.zonal_symmetry else weighted_eofs
+            mean, modes = eofs(anom[train_idx], grid.weights(), cfg.latent_dim)
+            model.init_linear_path(torch.as_tensor(mean, dtype=torch.float32, device=device),
+                                   torch.as_tensor(modes, dtype=torch.float32, device=device), w)
+        del anom
         tr = torch.as_tensor(train_idx, device=device)
         va = torch.as_tensor(val_idx, device=device)
         result = _fit(model, X, tr, va, w, cfg, device, progress)
@@ -315,12 +305,25 @@ def _package_version() -> str:
     return str(__version__)
 
 
+def _param_groups(model: ConvVAE, lr: float) -> list[dict]:
+    """Adam parameter groups: the network at ``lr``; each matrix of a linear EOF path at ``lr`` times its initial
+    RMS entry (Adam moves every entry by about lr per step whatever its size, and the encoder's EOF projection has
+    entries ~1e-3: at the full rate the first steps would erase the EOF start)."""
+    if not getattr(model, "linear_path", False):
+        return [{"params": list(model.parameters())}]
+    linear = [model.lin_enc, model.lin_dec]
+    rest = [p for p in model.parameters() if all(p is not q for q in linear)]
+    return [{"params": rest}] + [{"params": [p], "lr": lr * float(p.detach().pow(2).mean().sqrt())} for p in linear]
+
+
 def _fit(model: ConvVAE, X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, w: torch.Tensor, cfg: PriorConfig,
          device: torch.device, progress: bool) -> dict:
-    """The training loop: Adam(W), KL warm-up, early stopping on the validation loss, wall-time limit."""
+    """The training loop: Adam(W), KL warm-up, early stopping on the validation loss, wall-time limit. A model with
+    a linear EOF path is evaluated before the first epoch too (history epoch -1), so its initial state can be kept."""
     from tqdm import tqdm
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.learning_rate), lr=cfg.learning_rate,
+                            weight_decay=cfg.weight_decay)
     g_shuffle = torch.Generator().manual_seed(cfg.seed)
     g_noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     npix = float(X[0].numel())
@@ -332,6 +335,11 @@ def _fit(model: ConvVAE, X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, w:
     stop_reason = "epochs"
     bar = tqdm(total=cfg.epochs, desc="train prior", unit="epoch", file=sys.stderr, disable=not progress,
                leave=False)
+    if getattr(model, "linear_path", False):  # the EOF start is a candidate: training can only improve on it
+        val = _evaluate(model, X, va, w, cfg.beta, cfg.seed + 2)
+        history.append({"epoch": -1, "beta": cfg.beta, "train_loss": None, "val_loss": val["loss"],
+                        "val_mse": val["mse_mu"], "val_kl": val["kl"], "seconds": round(_time.monotonic() - t0, 3)})
+        best_loss, best_state = val["loss"], {k: t.detach().clone() for k, t in model.state_dict().items()}
     try:
         for epoch in range(cfg.epochs):
             beta_e = cfg.beta * min(1.0, (epoch + 1) / (cfg.kl_warmup_epochs + 1))
@@ -345,7 +353,7 @@ def _fit(model: ConvVAE, X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, w:
                     cols = (torch.arange(nlon, device=device)[None, :] - shift) % nlon
                     x = x.gather(-1, cols[:, None, None, :].expand_as(x))
                 eps = torch.randn((x.shape[0], model.latent_dim), generator=g_noise, device=device)
-                x_hat, mu, logvar = model(x, eps)
+                x_hat, mu, logvar = model(x, eps if cfg.beta > 0 else None)   # beta = 0: a plain autoencoder
                 loss = (0.5 * weighted_sq_error(x, x_hat, w) + beta_e * kl_divergence(mu, logvar)).mean() / npix
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -378,7 +386,7 @@ def _fit(model: ConvVAE, X: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, w:
     finally:
         bar.close()
     return {"best_state": best_state, "best_loss": best_loss, "best_epoch": best_epoch, "history": history,
-            "epochs_run": len(history), "stop_reason": stop_reason, "seconds": _time.monotonic() - t0}
+            "epochs_run": sum(r["epoch"] >= 0 for r in history), "stop_reason": stop_reason, "seconds": _time.monotonic() - t0}
 
 
 STOP_REASONS = {"epochs": "the epoch limit (epochs={epochs})", "max_minutes": "the max_minutes={max_minutes} time limit",

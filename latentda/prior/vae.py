@@ -18,6 +18,17 @@ convolution); the last one maps to ``C`` output channels without an activation. 
 same arithmetic as "upsample + conv" but avoids two full-resolution copies, which dominate on CPU: it made
 decoding 2-4x faster here.
 
+Options (all off by default; a network built without them has the same modules, bits and checkpoint keys as
+before they existed): ``dropout`` p on the flattened encoder features (training only); ``res_blocks`` n residual
+3x3 blocks ``h + conv(SiLU(conv(h)))`` after every encoder level and before every decoder upsampling (depth);
+``linear_path`` a linear encoder/decoder pair beside the network, initialised at the leading EOFs
+(:meth:`ConvVAE.init_linear_path`)::
+
+    mu(x) = P (x - m) + NN_mu(x),      g(z) = m + E z + NN(z)
+
+with ``E`` (N, L) the area-weighted EOFs scaled by their standard deviations and ``P`` their pseudo-inverse, and
+the network's last layers initialised at zero, so that training starts from the EOF reconstruction.
+
 Loss (negative ELBO per sample, one line): ``0.5 * sum_{c,i,j} w_i (x - g(z))^2 + beta * KL(N(mu, e^logvar) || N(0, I))``
 with ``w_i = cos(lat_i) / mean(cos(lat))`` (unit-variance Gaussian likelihood in standardised units, area-weighted).
 """
@@ -124,22 +135,41 @@ class SubPixelUp(nn.Module):
         return F.pixel_shuffle(self.conv(pad_sphere(x, 1)), 2)
 
 
+class ResBlock(nn.Module):
+    """Residual block at constant shape: ``h + conv2(SiLU(conv1(h)))``, 3x3 spherical convolutions, then SiLU."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = SphereConv2d(channels, channels)
+        self.conv2 = SphereConv2d(channels, channels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.silu(h + self.conv2(F.silu(self.conv1(h))))
+
+
 class ConvVAE(nn.Module):
     """Convolutional VAE: ``encode`` (B, C, nlat, nlon) -> (mu, logvar) each (B, L); ``decode`` (B, L) -> fields.
 
     Parameters: ``in_channels`` C; grid ``nlat``, ``nlon`` (any; padded internally to multiples of 2**n_down,
     see :func:`grid_padding`); ``latent_dim`` L;
     ``base_channels``; ``n_down`` (see :func:`choose_n_down`); ``max_mult``: channel cap as a multiple of
-    ``base_channels`` (see :func:`level_channels`; 1 = the same width at every level).
+    ``base_channels`` (see :func:`level_channels`; 1 = the same width at every level); ``dropout``,
+    ``res_blocks``, ``linear_path``: the options of the module docstring.
     """
 
     def __init__(self, in_channels: int, nlat: int, nlon: int, latent_dim: int = 64, base_channels: int = 32,
-                 n_down: int | None = None, max_mult: int = 4) -> None:
+                 n_down: int | None = None, max_mult: int = 4, dropout: float = 0.0, res_blocks: int = 0,
+                 linear_path: bool = False) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("latent_dim", latent_dim),
                             ("base_channels", base_channels), ("max_mult", max_mult)):
             if int(value) < 1:
                 raise ValueError(f"{name}={value} must be >= 1")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout={dropout} must be in [0, 1)")
+        if int(res_blocks) < 0:
+            raise ValueError(f"res_blocks={res_blocks} must be >= 0")
+        self.dropout, self.res_blocks, self.linear_path = float(dropout), int(res_blocks), bool(linear_path)
         self.n_down = choose_n_down(nlat, nlon, n_down)
         self.in_channels, self.nlat, self.nlon = int(in_channels), int(nlat), int(nlon)
         self.latent_dim = int(latent_dim)
@@ -168,23 +198,87 @@ class ConvVAE(nn.Module):
                 dec.append(nn.SiLU())
             cin = c
         self.decoder = nn.Sequential(*dec)
+        if self.dropout:
+            self.drop = nn.Dropout(self.dropout)
+        if self.res_blocks:
+            self.enc_res = nn.ModuleList(nn.Sequential(*[ResBlock(c) for _ in range(self.res_blocks)])
+                                         for c in self.channels)
+            self.dec_res = nn.ModuleList(nn.Sequential(*[ResBlock(c) for _ in range(self.res_blocks)])
+                                         for c in self.channels[::-1])
+        if self.linear_path:
+            n = self.in_channels * self.nlat * self.nlon
+            self.register_buffer("lin_mean", torch.zeros(n))
+            self.lin_enc = nn.Parameter(torch.zeros(self.latent_dim, n))
+            self.lin_dec = nn.Parameter(torch.zeros(n, self.latent_dim))
 
     def arch(self) -> dict:
-        """Constructor arguments (JSON-able), stored in checkpoints to rebuild the network."""
-        return {"in_channels": self.in_channels, "nlat": self.nlat, "nlon": self.nlon,
-                "latent_dim": self.latent_dim, "base_channels": self.channels[0], "n_down": self.n_down,
-                "max_mult": self.max_mult}
+        """Constructor arguments (JSON-able), stored in checkpoints to rebuild the network (the options only when
+        they are on, so networks without them keep the checkpoints of earlier versions byte for byte)."""
+        out = {"in_channels": self.in_channels, "nlat": self.nlat, "nlon": self.nlon,
+               "latent_dim": self.latent_dim, "base_channels": self.channels[0], "n_down": self.n_down,
+               "max_mult": self.max_mult}
+        for key, off in (("dropout", 0.0), ("res_blocks", 0), ("linear_path", False)):
+            if getattr(self, key) != off:
+                out[key] = getattr(self, key)
+        return out
+
+    @torch.no_grad()
+    def init_linear_path(self, mean: torch.Tensor, modes: torch.Tensor, lat_weights: torch.Tensor) -> None:
+        """Start the linear path at the EOFs: ``m`` = ``mean`` (N,), ``E`` = ``modes`` (N, L) (EOFs of the
+        area-weighted anomalies times their standard deviations, in unweighted units), ``P`` = the weighted
+        pseudo-inverse ``(E^T W E)^-1 E^T W`` (W = ``lat_weights`` (nlat,) per value), so ``P E = I`` and
+        ``m + E P (x - m)`` is the weighted least-squares projection on the EOFs. Also zeroes the last layers
+        that add the network's part to mu and g, so the model starts as the EOF reconstruction, with the posterior
+        log-variance of probabilistic PCA under unit noise, ``logvar_k = -log(1 + e_k^T W e_k)``."""
+        if not self.linear_path:
+            raise ValueError("init_linear_path needs a network built with linear_path=True")
+        n = self.lin_mean.numel()
+        if mean.shape != (n,) or modes.shape != (n, self.latent_dim):
+            raise ValueError(f"mean {tuple(mean.shape)} / modes {tuple(modes.shape)} must be ({n},) / "
+                             f"({n}, {self.latent_dim})")
+        wv = lat_weights.view(1, -1, 1).expand(self.in_channels, self.nlat, self.nlon).reshape(-1, 1).double()
+        e = modes.double()
+        gram = e.T @ (wv * e)
+        self.lin_mean.copy_(mean)
+        self.lin_dec.copy_(e.float())
+        self.lin_enc.copy_(torch.linalg.solve(gram, (wv * e).T).float())
+        self.to_latent.weight.zero_()
+        self.to_latent.bias[:self.latent_dim].zero_()
+        self.to_latent.bias[self.latent_dim:].copy_(-torch.log1p(torch.diagonal(gram)).float())
+        last = self.decoder[-1].conv
+        last.weight.zero_()
+        last.bias.zero_()
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, nlat, nlon) -> mu (B, L), logvar (B, L) (clamped to :data:`LOGVAR_RANGE`)."""
-        h = self.encoder(self._pad_input(x)).flatten(1)
+        h = self._pad_input(x)
+        if self.res_blocks:
+            for k in range(len(self.channels)):
+                h = self.enc_res[k](self.encoder[2 * k + 1](self.encoder[2 * k](h)))
+        else:
+            h = self.encoder(h)
+        h = h.flatten(1)
+        if self.dropout:
+            h = self.drop(h)
         mu, logvar = self.to_latent(h).chunk(2, dim=1)
+        if self.linear_path:
+            mu = mu + (x.flatten(1) - self.lin_mean) @ self.lin_enc.T
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Generator g(z): (B, L) -> (B, C, nlat, nlon) standardised anomalies."""
         h = F.silu(self.from_latent(z)).view(z.shape[0], self.channels[-1], *self.coarse)
-        return self._crop(self.decoder(h))
+        if self.res_blocks:
+            for k, mod in enumerate(self.decoder):
+                if isinstance(mod, SubPixelUp):
+                    h = self.dec_res[k // 2](h)
+                h = mod(h)
+        else:
+            h = self.decoder(h)
+        y = self._crop(h)
+        if self.linear_path:
+            y = y + (self.lin_mean + z @ self.lin_dec.T).view(-1, self.in_channels, self.nlat, self.nlon)
+        return y
 
     def _pad_input(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, nlat, nlon) -> the padded grid: rows replicated beyond the poles, columns wrapped (no-op if none)."""
