@@ -110,3 +110,18 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any] | None) -> dic
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (pd.Timestamp, np.datetime64)):
+        return str(obj)
+    return str(obj)
+
+
+def to_json(obj: Any) -> str:
+    """Canonical JSON (sorted keys, numpy scalars/arrays converted, anything else as str)."""
+    return json.dumps(obj, sort_keys=True, default=_json_default)

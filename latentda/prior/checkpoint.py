@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,6 +47,8 @@ from ..fields import to_array
 from ..grid import Grid
 from ..normalization import climatology_at
 
+from ..runtime import to_json
+from .device import resolve_device
 from .flow import LatentFlow
 from .transition import LatentTransition
 from .vae import ConvVAE
@@ -56,44 +57,6 @@ FORMAT = "latentda.prior"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "format_version", "meta_json", "state_dict", "grid", "climatology", "recon_std")
 _CLIM_CACHE_SIZE = 64
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA if available else CPU; "cpu"; "cuda" / "cuda:N" (ValueError if CUDA is not available)."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if not isinstance(device, str):
-        raise ValueError(f"device={device!r} must be a string: 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"device={device!r} not understood ({err}); use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r} not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} requested but CUDA is not available here (torch {torch.__version__});"
-                             " use device='auto' or 'cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return dev
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (pd.Timestamp, np.datetime64)):
-        return str(obj)
-    return str(obj)
-
-
-def to_json(obj: Any) -> str:
-    """Canonical JSON (sorted keys, numpy scalars/arrays converted, anything else as str)."""
-    return json.dumps(obj, sort_keys=True, default=_json_default)
 
 
 def _to_timestamp(time) -> pd.Timestamp:

@@ -93,7 +93,7 @@ class PriorConfig(BaseModel):
 
 def check_device_name(v: str) -> str:
     """The one check of a device name (syntax only; whether CUDA is present is
-    :func:`latentda.prior.checkpoint.resolve_device`'s business on the machine that runs it)."""
+    :func:`latentda.prior.device.resolve_device`'s business on the machine that runs it)."""
     if not isinstance(v, str) or not DEVICE_RE.match(v):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
     return v
