@@ -124,6 +124,7 @@ def start_worker_forkserver() -> bool:
     os.environ.update(env)
     try:
         mpf.ensure_running()
+        _FORKSERVER["environ"] = dict(os.environ)
     finally:
         for k, v in old.items():
             if v is None:
@@ -134,7 +135,30 @@ def start_worker_forkserver() -> bool:
     return True
 
 
-_FORKSERVER = {"started": False}
+_FORKSERVER: dict[str, Any] = {"started": False, "environ": {}}
+
+
+def pass_environment_to_forked_workers() -> dict[str, str]:
+    """Workers forked from the forkserver have ITS environment, taken when it started. Variables set or changed in
+    this process since (credentials exported later in a session, a test's AWS_* variables) go to the workers
+    started next through the nanny's ``distributed.nanny.environ`` (applied in the worker when it starts), except
+    Dask's pre-spawn ones (``OMP_NUM_THREADS``, ...) that the forkserver already has. A variable removed since the
+    forkserver started stays set in the workers. Returns the variables passed."""
+    import os
+
+    import dask
+
+    if not _FORKSERVER["started"]:
+        return {}
+    pre_spawn = set(dask.config.get("distributed.nanny.pre-spawn-environ") or {})
+    started_with = _FORKSERVER["environ"]
+    delta = {k: v for k, v in os.environ.items() if started_with.get(k) != v and k not in pre_spawn}
+    if _FORKSERVER.get("passed") != delta:  # set it only when it changes: config.set copies Dask's whole config
+        configured = {k: v for k, v in (dask.config.get("distributed.nanny.environ") or {}).items()
+                      if k not in _FORKSERVER.get("passed", {})}
+        dask.config.set({"distributed.nanny.environ": {**configured, **delta}})
+        _FORKSERVER["passed"] = delta
+    return delta
 
 
 def prestart_workers(cluster: ClusterConfig | Mapping[str, Any] | None) -> bool:
@@ -210,6 +234,7 @@ def _local_details(p: ClusterProfile, c: ClusterConfig) -> ClusterProfile:
     if ck["processes"]:
         ck.setdefault("host", "127.0.0.1")  # the scheduler listens on loopback only
         start_worker_forkserver()
+        pass_environment_to_forked_workers()
     elif "://" not in str(ck.get("host") or ""):
         ck.pop("host", None)  # in-process workers talk over inproc://, which takes no host
     if use_gpu(c):

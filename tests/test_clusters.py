@@ -384,3 +384,23 @@ def test_run_config_with_bad_profile_is_named(section, match):
     with pytest.raises(ClusterProfileError, match=match):
         runners.worker_size(section)
 
+
+
+def test_local_workers_fork_with_torch_imported_and_see_later_environment(monkeypatch):
+    """Local workers are forks of a server that imported torch once (flows.runners.start_worker_forkserver);
+    a variable set in this process after that server started still reaches the workers started next."""
+    import sys
+
+    from distributed import Client, LocalCluster
+
+    from flows.runners import pass_environment_to_forked_workers, start_worker_forkserver
+
+    if not start_worker_forkserver():
+        pytest.skip("no forkserver start method here")
+    monkeypatch.setenv("LATENTDA_TEST_LATE_VARIABLE", "set-after-the-forkserver")
+    assert pass_environment_to_forked_workers().get("LATENTDA_TEST_LATE_VARIABLE") == "set-after-the-forkserver"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        assert client.submit(os.environ.get, "LATENTDA_TEST_LATE_VARIABLE").result() == "set-after-the-forkserver"
+        assert client.submit(lambda: "torch" in sys.modules).result()  # imported by the forkserver, not the task
+        assert client.submit(os.environ.get, "OMP_NUM_THREADS").result() == "1"  # Dask's pre-spawn environment
