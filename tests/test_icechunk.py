@@ -222,3 +222,17 @@ def test_output_catalog_opens_the_icechunk_archive(pair, tmp_path):
     v = prior.variables[0]
     assert isinstance(ds[v].data, dsa.Array) and ds[v].data.chunksize[0] == 1
     np.testing.assert_array_equal(ds[v].values, lib.open_archive(urls["zarr"])[v].values)
+
+
+def test_backfill_into_a_store_of_the_other_engine_refused_before_anything(pair, world, tmp_path, capsys):
+    """Preflight (exit 2, one line): the archive at archive.url is an Icechunk repository but the config says zarr;
+    nothing is written."""
+    from flows.cli import main
+
+    urls, _ = pair
+    before = len(ice.history(urls["icechunk"]))
+    cfg_path = world.write_config(tmp_path, archive={"url": urls["icechunk"], "engine": "zarr"},
+                                  assimilation={"members": MEMBERS})
+    assert main(["backfill", "--config", cfg_path, "--no-progress"]) == 2
+    assert "not an archive of engine 'zarr' (it is 'icechunk')" in capsys.readouterr().err
+    assert len(ice.history(urls["icechunk"])) == before

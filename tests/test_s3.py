@@ -208,3 +208,35 @@ def test_two_processes_creating_the_same_new_archive_on_s3_both_succeed(aws_env,
         ds = lib.open_archive(url)
         assert ds.attrs["latentda:initialised"] == 1 and not ds["done"].values.any()
         assert lib.create_archive(url, spec) == "exists"
+
+
+def test_icechunk_archive_on_s3_block_commit_and_no_secret_in_the_bucket(s3, monkeypatch, tiny_prior_path, world):
+    """archive.engine icechunk on S3 (moto): Icechunk's own S3 storage is built from the archive's storage options
+    (credentials and endpoint), or from the AWS environment alone; a block written in forks and committed once
+    reads back whole; the secret appears in no object of the repository."""
+    from latentda import archive as lib
+    from latentda import archive_icechunk as ice
+    from latentda.backfill import DaySettings, assimilate_days
+
+    _, prior = tiny_prior_path
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(k, raising=False)
+    so = {"key": TEST_KEY, "secret": TEST_SECRET, "endpoint_url": s3.endpoint_url}
+    url = f"s3://{BUCKET}/rean.icechunk"
+    spec = lib.archive_spec(prior, "2005-01-01", "2005-01-05", members=4)
+    assert lib.create_archive(url, spec, {"config_hash": "c" * 64}, so, engine="icechunk") == "created"
+    settings = DaySettings(url=url, members=4, seed=0, options={"max_iter": 10}, storage_options=so)
+    session = ice.writable_session(url, so)
+    forks = [session.fork() for _ in range(2)]
+    for d, fork in zip(["2005-01-02", "2005-01-03"], forks):
+        assimilate_days(prior, world.obs, [d], settings, session=fork)
+        assert not lib.day_status(url, so).any()  # nothing visible before the commit
+    assert ice.commit(url, session, "block", forks)
+    for k, v in s3_env(s3.endpoint_url).items():  # a reader with the environment only
+        monkeypatch.setenv(k, v)
+    assert lib.engine_at(url) == "icechunk"
+    assert list(lib.day_status(url).values) == [False, True, True, False, False]
+    assert lib.validate_archive(url)["done"] == 2
+    assert lib.create_archive(url, spec, engine="icechunk") == "exists"
+    objects = list_objects(s3.endpoint_url, BUCKET, "rean.icechunk/")
+    assert objects and not any(TEST_SECRET.encode() in b for b in objects.values())
