@@ -32,17 +32,19 @@ from urllib.parse import urlsplit
 
 from . import storage
 
-__all__ = ["BRANCH", "is_repository", "may_create_in", "repository_storage", "open_repository", "read_store", "writable_session",
-           "commit", "create", "history"]
+__all__ = ["BRANCH", "is_repository", "may_create_in", "repository_storage", "open_repository", "read_store",
+           "writable_session", "commit", "create", "history"]
 
 BRANCH = "main"
+_LOGS = {"quiet": False}
 
 
 def _icechunk():
     import icechunk
 
-    if "ICECHUNK_LOG" not in os.environ:  # its warning about local commits is handled here (the flock)
-        icechunk.set_logs_filter("error")
+    if not _LOGS["quiet"] and "ICECHUNK_LOG" not in os.environ:
+        icechunk.set_logs_filter("error")  # its warning about concurrent local commits is handled here (flock)
+        _LOGS["quiet"] = True
     return icechunk
 
 
