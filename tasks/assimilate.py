@@ -57,16 +57,13 @@ def run_day(day: str, config: RunConfig, force: bool = False) -> dict[str, dict]
     """Assimilate and write one day of the run on this process (a Dask worker or the caller); returns
     ``{day: outcome}`` (QC counts, prior only: ``latentda.backfill.day_outcome``) if it was written, ``{}`` if it
     was already done (and not ``force``)."""
-    prior = load_prior_cached(config.prior_path, "cpu", config.archive.storage_options)
-    outcomes: dict[str, dict] = {}
-    backfill.backfill(config, [day], prior=prior, observations=run_observations(config), force=force,
-                      outcomes=outcomes)
-    return outcomes
+    return run_forked_day(ForkedDay(day, None), config, force)[0]
 
 
 @dataclasses.dataclass
 class ForkedDay:
-    """A day of an Icechunk archive's block and the fork of the block's session it is written into."""
+    """A day of an Icechunk archive's block and the fork of the block's session it is written into (None: the
+    archive's own writes, as :func:`run_day`)."""
 
     day: str
     fork: Any
@@ -74,7 +71,7 @@ class ForkedDay:
 
 def run_forked_day(job: ForkedDay, config: RunConfig, force: bool = False) -> tuple[dict[str, dict], Any]:
     """:func:`run_day` into ``job.fork`` (nothing is committed here); returns ``(outcomes, fork)``: the block task
-    merges the forks of the days that succeeded and commits them at once."""
+    merges the forks of the days that succeeded and commits them at once (``latentda.archive_icechunk``)."""
     prior = load_prior_cached(config.prior_path, "cpu", config.archive.storage_options)
     outcomes: dict[str, dict] = {}
     backfill.backfill(config, [job.day], prior=prior, observations=run_observations(config), force=force,
