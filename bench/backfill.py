@@ -6,6 +6,7 @@ Run from the repository root::
     .venv/bin/python bench/backfill.py --days 16 --repeats 3 --members 8
     .venv/bin/python bench/backfill.py --config deploy/demo.yaml --days 8   # the demo (after `latentda train`)
     .venv/bin/python bench/backfill.py --config deploy/demo.yaml --days 31 --repeats 3 --json out/backfill.json
+    .venv/bin/python bench/backfill.py --icechunk --days 12 --repeats 3      # + the flow on an Icechunk archive
 
 Each repeat writes the same days into a fresh archive three ways:
 
@@ -15,7 +16,9 @@ Each repeat writes the same days into a fresh archive three ways:
   ``latentda.backfill.backfill`` over the days;
 * ``flow-1w`` / ``flow-2w``: ``flows.reanalysis.run_reanalysis`` on a LocalCluster of 1 / 2 worker processes
   (wall time of the whole flow: flow and task runs on the Prefect API, cluster start, workers loading the prior
-  and the table, archive creation, the days, validation, catalog registration, cluster teardown).
+  and the table, archive creation, the days, validation, catalog registration, cluster teardown);
+* with ``--icechunk`` also ``flow-1w-icechunk`` / ``flow-2w-icechunk``: the same flows with ``archive.engine:
+  icechunk`` (each block of days one commit), and their ratio to the Zarr flow on the same number of workers.
 
 Imports are outside every timing: this process imported torch and latentda before the first repeat, and the
 local workers are forked from a server process that imported them once (``flows.runners.start_worker_forkserver``,
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-days", type=int, default=None, help="days per task (default: config's / auto)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--json", help="write {mode: {seconds: [...], median_s, days_per_min}} and the ratios here")
+    p.add_argument("--icechunk", action="store_true", help="also run the flows on an Icechunk archive")
     args = p.parse_args(argv)
 
     import pandas as pd
@@ -119,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg0.variables}, prior {cfg0.prior_path}; temp {root}", flush=True)
 
     start_worker_forkserver()  # as the CLI does before its Prefect server: workers fork with torch imported
+    engines = ["zarr", "icechunk"] if args.icechunk else ["zarr"]
     times: dict[str, list[float]] = {"library": [], "flow-1w": [], "flow-2w": []}
+    times.update({f"flow-{n}w-icechunk": [] for n in (1, 2) if args.icechunk})
     same = True
     with prefect_api():
         for r in range(args.repeats):
@@ -135,40 +141,46 @@ def main(argv: list[str] | None = None) -> int:
                 backfill.backfill(cfg_lib, days, prior=prior, observations=table)
             times["library"].append(time.perf_counter() - t0)
             print(f"  repeat {r}: library  {times['library'][-1]:7.1f} s", flush=True)
-            for n in (1, 2):
-                d = root / f"flow{n}-{r}"
+            for n, engine in [(n, e) for n in (1, 2) for e in engines]:
+                mode = f"flow-{n}w" + ("-icechunk" if engine == "icechunk" else "")
+                d = root / f"{mode}-{r}"
                 d.mkdir()
-                cfg_dict = deep_merge(base, {"archive": {"url": str(d / "a.zarr")},
+                cfg_dict = deep_merge(base, {"archive": {"url": str(d / f"a.{engine}"), "engine": engine},
                                              "cluster": {"profile": "local", "n_workers": n,
                                                          "threads_per_worker": 1}})
                 cfg_path = d / "run.yaml"  # every path in it is absolute
                 cfg_path.write_text(yaml.safe_dump(cfg_dict))
                 t0 = time.perf_counter()
                 s = run_reanalysis(str(cfg_path), days[0], days[-1], progress=False, evaluate_skill=False)
-                times[f"flow-{n}w"].append(time.perf_counter() - t0)
+                times[mode].append(time.perf_counter() - t0)
                 assert s["days_written"] == len(days), s
-                a, b = lib.open_archive(url), lib.open_archive(str(d / "a.zarr"))
+                a, b = lib.open_archive(url), lib.open_archive(str(d / f"a.{engine}"))
                 eq = all(a[v].values.tobytes() == b[v].values.tobytes() for v in a.data_vars
                          if v != "config_sha256")
                 same &= eq
-                print(f"  repeat {r}: flow-{n}w  {times[f'flow-{n}w'][-1]:7.1f} s ({s['blocks']} block(s))"
+                print(f"  repeat {r}: {mode:<17} {times[mode][-1]:7.1f} s ({s['blocks']} block(s))"
                       f"{'' if eq else '  BYTES DIFFER'}", flush=True)
 
-    print("\nmode       median s   days/min   ratio to library")
+    print("\nmode              median s   days/min   ratio to library")
     lib_rate = len(days) / statistics.median(times["library"]) * 60
     for mode, ts in times.items():
         med = statistics.median(ts)
         rate = len(days) / med * 60
-        print(f"{mode:<10}{med:9.1f}{rate:11.1f}{rate / lib_rate:12.2f}")
+        print(f"{mode:<17}{med:9.1f}{rate:11.1f}{rate / lib_rate:12.2f}")
     speedup = statistics.median(times["flow-1w"]) / statistics.median(times["flow-2w"])
     print(f"flow-2w / flow-1w speed-up: {speedup:.2f}")
+    icechunk_over_zarr = {f"{n}w": statistics.median(times[f"flow-{n}w-icechunk"]) / statistics.median(
+        times[f"flow-{n}w"]) for n in (1, 2) if args.icechunk}
+    for k, v in icechunk_over_zarr.items():
+        print(f"icechunk / zarr flow time on {k}: {v:.2f}")
     print(f"archives identical to the library loop's: {same}")
     if args.json:
         out = {"days": len(days), "members": cfg0.assimilation.members, "config": args.config or "synthetic",
                "modes": {m: {"seconds": ts, "median_s": statistics.median(ts),
                              "days_per_min": len(days) / statistics.median(ts) * 60} for m, ts in times.items()},
                "flow_1w_over_library": statistics.median(times["flow-1w"]) / statistics.median(times["library"]),
-               "speedup_2w_over_1w": speedup, "identical": bool(same)}
+               "speedup_2w_over_1w": speedup, "identical": bool(same),
+               "icechunk_over_zarr_seconds": icechunk_over_zarr}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
     if not args.keep:

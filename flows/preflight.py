@@ -120,8 +120,8 @@ def check_observation_rows(cfg: RunConfig, days: tuple[dt.date, dt.date]) -> Non
 
 
 def check_prior(cfg: RunConfig) -> None:
-    """The prior exists, loads, and matches an existing archive (grid, variables, members, period)."""
-    from latentda import archive, storage
+    """The prior exists, loads, and matches an existing archive (engine, grid, variables, members, period)."""
+    from latentda import archive, archive_icechunk, storage
     from tasks.archive import load_prior_cached  # cached per process: the flow reuses this load
 
     so = dict(cfg.archive.storage_options) or None
@@ -130,6 +130,12 @@ def check_prior(cfg: RunConfig) -> None:
                          f"`latentda train --config {cfg.source or 'CONFIG'}`")
     if not storage.exists(cfg.archive_url, so):
         return
+    found = archive.engine_at(cfg.archive_url, so)
+    if found != cfg.archive.engine and (found == "icechunk" or not archive_icechunk.may_create_in(cfg.archive_url,
+                                                                                                so)):
+        raise InputError(f"the store at {storage.redact(cfg.archive_url)} is not an archive of engine "
+                         f"{cfg.archive.engine!r} (it is {found!r}): set archive.engine to match it or choose "
+                         "another archive.url")
     prior = load_prior_cached(cfg.prior_path, "cpu", cfg.archive.storage_options)
     spec = archive.archive_spec(prior, cfg.archive.start, cfg.archive.end, cfg.assimilation.members,
                                 cfg.members_to_keep, cfg.variables)

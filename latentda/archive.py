@@ -19,6 +19,11 @@ first every data, diagnostic and provenance variable, then the ``done`` flag; a 
 day "not done" and a rerun rewrites it identically. Days are independent chunks, so workers write concurrently
 without locks.
 
+Engines (``create_archive(..., engine=...)``, ``archive.engine`` of the run config): ``zarr`` (the above) or
+``icechunk``: the same template in an Icechunk repository whose days become visible by whole commits, one per
+block of days (:mod:`latentda.archive_icechunk`). Reading either is :mod:`latentda.archive_read` (re-exported
+here): readers find the engine from what is at the URL.
+
 Typical use (the day loop that fills it is :mod:`latentda.backfill`)::
 
     spec = archive_spec(prior, "2005-01-01", "2005-12-31", members=16)
@@ -34,7 +39,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -44,17 +48,21 @@ import xarray as xr
 from . import __version__
 from .analysis import DIAGNOSTICS
 from .grid import Grid
-from . import creation, storage
+from . import archive_icechunk, creation, storage
+from .archive_read import (ArchiveError, _exists, _show, _store, day_states, day_status, done_days, engine_at,
+                           hexdigest, missing_days, open_archive, read_store)
 from .archive_layout import (DIAG_DTYPES, DONE, FINAL, HASH_DIM, NOT_WRITTEN, PRELIMINARY, STATUS,
                              WINDOW_OBSERVED, ArchiveSpec, archive_spec, encoding, template)
 from .runtime import git_sha, to_days
 
 __all__ = ["ArchiveSpec", "ArchiveError", "ArchiveMismatchError", "archive_spec", "template", "create_archive",
            "open_archive", "check_compatible", "write_day", "day_status", "missing_days", "done_days",
-           "validate_archive", "hexdigest", "day_states", "STATUS", "PRELIMINARY", "FINAL", "NOT_WRITTEN"]
+           "validate_archive", "hexdigest", "day_states", "read_store", "engine_at", "ENGINES", "STATUS",
+           "PRELIMINARY", "FINAL", "NOT_WRITTEN"]
 
-class ArchiveError(RuntimeError):
-    """The archive is unusable or inconsistent (the message says what and how to fix it)."""
+#: Archive engines (``archive.engine`` of the run config): a plain Zarr v3 store, or an Icechunk repository
+#: (:mod:`latentda.archive_icechunk`: transactional commits of whole blocks of days).
+ENGINES = ("zarr", "icechunk")
 
 
 class ArchiveMismatchError(ArchiveError, ValueError):
@@ -69,27 +77,9 @@ def _hash_bytes(hexstr: str | None) -> np.ndarray:
     return np.frombuffer(b, dtype=np.uint8).copy()
 
 
-def hexdigest(arr: xr.DataArray | np.ndarray) -> str | list[str]:
-    """Hex strings of a hash-bytes variable: one day (32,) -> str; several days (n, 32) -> list of str."""
-    a = np.asarray(arr, dtype=np.uint8)
-    if a.ndim == 1:
-        return a.tobytes().hex() if a.any() else ""
-    return [row.tobytes().hex() if row.any() else "" for row in a]
-
-
-def _store(url: str, storage_options: Mapping[str, Any] | None, read_only: bool = False):
-    return storage.zarr_store(url, storage_options or None, read_only=read_only)
-
-
-def _exists(url: str, storage_options: Mapping[str, Any] | None) -> bool:
-    if not storage.is_remote(url):
-        return os.path.exists(storage.strip_protocol(url) if url.startswith("file://") else url)
-    return storage.exists(url, storage_options or None)
-
-
 # --------------------------------------------------------------------------------------- create and check
 def create_archive(url: str, spec: ArchiveSpec, provenance: Mapping[str, Any] | None = None,
-                   storage_options: Mapping[str, Any] | None = None) -> str:
+                   storage_options: Mapping[str, Any] | None = None, engine: str = "zarr") -> str:
     """Create the pre-sized archive at ``url`` (metadata only; no chunk is written), or check an existing one.
 
     ``provenance``: extra global attributes (``config_hash``, ``model_checksum``, ``catalog``, ...), stored as
@@ -101,14 +91,25 @@ def create_archive(url: str, spec: ArchiveSpec, provenance: Mapping[str, Any] | 
     ``latentda:initialised`` attribute and no day done) is recreated. Creation is atomic
     (:mod:`latentda.creation`: a temporary name and one rename locally, create-if-absent on an object store), so
     processes creating the same new archive at once never see a half-made group: one gets ``"created"``, the
-    others ``"exists"`` once it is complete.
+    others ``"exists"`` once it is complete. ``engine="icechunk"``: an Icechunk repository whose first commit is
+    the template (:func:`latentda.archive_icechunk.create`); a store of the other engine at ``url`` is refused.
     """
     prov = dict(provenance or {})
     bad = [k for k in _walk_keys(prov) if storage.is_sensitive_key(k)]
     if bad:
         raise ValueError(f"provenance must not hold credentials; remove key(s) {bad}")
+    if engine not in ENGINES:
+        raise ValueError(f"archive engine {engine!r} is not one of {list(ENGINES)}")
+    found = engine_at(url, storage_options) if _exists(url, storage_options) else None
+    if found == "icechunk" and engine == "zarr":
+        raise ArchiveMismatchError(f"{_show(url)} is an Icechunk archive but archive.engine is 'zarr'; set "
+                                   "archive.engine: icechunk or choose another archive.url")
+    if found == "zarr" and engine == "icechunk" and not archive_icechunk.may_create_in(url, storage_options):
+        raise ArchiveMismatchError(f"{_show(url)} exists and is not an Icechunk repository (a plain Zarr archive "
+                                   "or other files) but archive.engine is 'icechunk'; set archive.engine: zarr or "
+                                   "choose another archive.url (an existing store is never overwritten)")
     stale = False
-    if _exists(url, storage_options):
+    if engine == "zarr" and _exists(url, storage_options):
         if storage.is_remote(url):  # another creator may be half-way (no rename on an object store): give it time
             creation.wait_until(lambda: "latentda:initialised" in open_archive(url, storage_options).attrs, 10.0)
         if _check_existing(url, spec, storage_options):
@@ -127,7 +128,9 @@ def create_archive(url: str, spec: ArchiveSpec, provenance: Mapping[str, Any] | 
         zarr.open_group(_store(target, storage_options), mode="r+", zarr_format=3).attrs.update(
             {"latentda:initialised": 1})
 
-    if not storage.is_remote(url):  # complete under a temporary name, then one atomic rename
+    if engine == "icechunk":  # the template is the repository's first commit: atomic by itself
+        made = archive_icechunk.create(url, storage_options, _initialised, lambda store: write(store, "w"))
+    elif not storage.is_remote(url):  # complete under a temporary name, then one atomic rename
         made = creation.create_local(url, lambda tmp: write(tmp, "w"), replace_stale=stale)
     else:  # create-if-absent: never removes another creator's group
         made = creation.create_remote(lambda: write(url, "w" if stale else "w-"))
@@ -139,6 +142,16 @@ def create_archive(url: str, spec: ArchiveSpec, provenance: Mapping[str, Any] | 
                            "rerun the command")
     check_compatible(open_archive(url, storage_options), spec, url=url)
     return "exists"
+
+
+def _initialised(store) -> bool:
+    """Whether the Zarr store ``store`` holds a complete (``latentda:initialised``) archive."""
+    import zarr
+
+    try:
+        return "latentda:initialised" in zarr.open_group(store, mode="r", zarr_format=3).attrs
+    except FileNotFoundError:
+        return False
 
 
 def _check_existing(url: str, spec: ArchiveSpec, storage_options: Mapping[str, Any] | None) -> bool:
@@ -169,21 +182,6 @@ def _walk_keys(obj: Any) -> Iterable[str]:
     elif isinstance(obj, (list, tuple)):
         for v in obj:
             yield from _walk_keys(v)
-
-
-def _show(url: str) -> str:
-    return repr(storage.redact(url))
-
-
-def open_archive(url: str, storage_options: Mapping[str, Any] | None = None, chunks: Any = None) -> xr.Dataset:
-    """The archive as a lazily loaded xarray Dataset (no dask by default; ``chunks={}``: dask arrays with the
-    store's chunks, one day each)."""
-    if not _exists(url, storage_options):
-        raise FileNotFoundError(f"no archive at {_show(url)}; create it first (`latentda backfill` or "
-                                "the init step of the reanalysis flow)")
-    return xr.open_zarr(_store(url, storage_options, read_only=True), consolidated=False, chunks=chunks,
-                        zarr_format=3)
-
 
 def check_compatible(ds_or_url: xr.Dataset | str, spec: ArchiveSpec, url: str | None = None,
                      storage_options: Mapping[str, Any] | None = None) -> None:
@@ -246,7 +244,7 @@ def _day_index(ds: xr.Dataset, day: pd.Timestamp, url: str) -> int:
 
 def write_day(url: str, analysis: xr.Dataset, provenance: Mapping[str, str | None] | None = None,
               storage_options: Mapping[str, Any] | None = None, members_to_keep: int | None = None,
-              status: int = FINAL) -> int:
+              status: int = FINAL, session: Any = None) -> int:
     """Write one day's analysis (the :func:`latentda.analysis.analysis_dataset` layout) into its time slot.
 
     ``provenance``: ``model_checksum``, ``obs_hash`` (of the observations of the day's whole window),
@@ -255,6 +253,9 @@ def write_day(url: str, analysis: xr.Dataset, provenance: Mapping[str, str | Non
     Two region writes of whole chunks: the data, diagnostics and provenance first, then ``done = 1``.
     Returns the time index written. Raises :class:`ArchiveError` for a day outside the period or data that does
     not fit the store (grid, variables, members).
+
+    An Icechunk archive is written into ``session`` (a fork of the block's session, committed by the block task:
+    :mod:`latentda.archive_icechunk`); without one, the day is committed on its own.
     """
     if "time" not in analysis.dims or analysis.sizes["time"] != 1:
         raise ValueError("write_day takes one day: an analysis dataset with time of length 1")
@@ -300,6 +301,14 @@ def write_day(url: str, analysis: xr.Dataset, provenance: Mapping[str, str | Non
     day_ds = xr.Dataset(out)
     day_ds = day_ds.drop_vars([c for c in day_ds.coords])
     day_ds.attrs = {}
+    if engine_at(url, storage_options) == "icechunk":  # one commit: the day is whole or absent for readers
+        own = session is None
+        session = archive_icechunk.writable_session(url, storage_options) if own else session
+        _write_region(session.store, storage_options, day_ds, i)
+        _write_done(session.store, storage_options, i)
+        if own:
+            archive_icechunk.commit(url, session, f"day {day.date()}")
+        return i
     if bool(ds_store[DONE].isel(time=i).values):
         # rewriting a done day (an upgrade or --force): unset its flag first, so that a crash part-way leaves it
         # "not done" (redone by the next run) instead of "done" with half-new data
@@ -309,65 +318,19 @@ def write_day(url: str, analysis: xr.Dataset, provenance: Mapping[str, str | Non
     return i
 
 
-def _write_region(url: str, storage_options: Mapping[str, Any] | None, ds: xr.Dataset, i: int) -> None:
-    """Region write of whole one-day chunks (time index ``i``); every variable must have the time dim."""
+def _write_region(url: Any, storage_options: Mapping[str, Any] | None, ds: xr.Dataset, i: int) -> None:
+    """Region write of whole one-day chunks (time index ``i``) into the store at ``url`` (or the store object
+    ``url``: an Icechunk session's); every variable must have the time dim."""
     ds.to_zarr(_store(url, storage_options), region={"time": slice(i, i + 1)}, mode="r+", consolidated=False,
                zarr_format=3)
 
 
-def _write_done(url: str, storage_options: Mapping[str, Any] | None, i: int, value: int = 1) -> None:
+def _write_done(url: Any, storage_options: Mapping[str, Any] | None, i: int, value: int = 1) -> None:
     """Set the done flag of day ``i`` (1: only after the day's data is written; 0: before rewriting a done day)."""
     _write_region(url, storage_options, xr.Dataset({DONE: (("time",), np.full(1, value, dtype=np.int8))}), i)
 
 
-# ------------------------------------------------------------------------------------------------- status
-def day_status(url: str, storage_options: Mapping[str, Any] | None = None, start: Any = None,
-               end: Any = None) -> pd.Series:
-    """``done`` flag per day (bool Series indexed by date) over ``start..end`` (default: the whole period)."""
-    ds = open_archive(url, storage_options)
-    done = ds[DONE]
-    if start is not None or end is not None:
-        t = pd.DatetimeIndex(ds["time"].values)
-        s = to_days(start)[0] if start is not None else t[0]
-        e = to_days(end)[0] if end is not None else t[-1]
-        if s < t[0] or e > t[-1]:
-            raise ArchiveError(f"range {s.date()}..{e.date()} is outside the archive period "
-                               f"{t[0].date()}..{t[-1].date()}")
-        done = done.sel(time=slice(s, e))
-    vals = done.values.astype(bool)
-    return pd.Series(vals, index=pd.DatetimeIndex(done["time"].values, name="time"), name=DONE)
-
-
-def day_states(url: str, storage_options: Mapping[str, Any] | None = None, start: Any = None,
-               end: Any = None) -> pd.DataFrame:
-    """Per day of ``start..end``: ``done`` (bool) and ``status`` (:data:`NOT_WRITTEN`, :data:`PRELIMINARY`,
-    :data:`FINAL`; an archive made before statuses existed reads FINAL for its done days), indexed by date."""
-    done = day_status(url, storage_options, start, end)
-    ds = open_archive(url, storage_options)
-    if STATUS in ds:
-        st = ds[STATUS].sel(time=done.index.values).values.astype(np.int8)
-    else:
-        st = np.where(done.values, FINAL, NOT_WRITTEN).astype(np.int8)
-    return pd.DataFrame({"done": done.values, "status": st}, index=done.index)
-
-
-def missing_days(url: str, start: Any = None, end: Any = None,
-                 storage_options: Mapping[str, Any] | None = None) -> list[pd.Timestamp]:
-    """Days of ``start..end`` whose done flag is not set (all of them if the archive does not exist yet)."""
-    if not _exists(url, storage_options):
-        if start is None or end is None:
-            raise FileNotFoundError(f"no archive at {_show(url)}")
-        return list(pd.date_range(to_days(start)[0], to_days(end)[0], freq="D"))
-    st = day_status(url, storage_options, start, end)
-    return list(st.index[~st.values])
-
-
-def done_days(url: str, start: Any = None, end: Any = None,
-              storage_options: Mapping[str, Any] | None = None) -> list[pd.Timestamp]:
-    st = day_status(url, storage_options, start, end)
-    return list(st.index[st.values])
-
-
+# --------------------------------------------------------------------------------------------- validation
 def validate_archive(url: str, storage_options: Mapping[str, Any] | None = None, spec: ArchiveSpec | None = None,
                      start: Any = None, end: Any = None) -> dict[str, Any]:
     """Check the archive: compatible with ``spec`` (if given), every done day has finite fields and provenance.

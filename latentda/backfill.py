@@ -157,7 +157,7 @@ def day_outcome(analysis: xr.Dataset) -> dict[str, Any]:
 
 def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], settings: DaySettings, *,
                     skip_done: bool = False, progress: Callable[[str], None] | None = None,
-                    outcomes: dict[str, dict] | None = None) -> list[str]:
+                    outcomes: dict[str, dict] | None = None, session: Any = None) -> list[str]:
     """Assimilate and write each of ``days`` into the archive ``settings.url``; returns the ISO dates written.
 
     Each day uses the rows of its window [d - k, d + k] (k = the prior's window; the day alone for a day prior) and
@@ -165,6 +165,8 @@ def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], sett
     ``skip_done`` leaves alone the days that need no work (:func:`days_needing_work`: done, and final or with
     their window still open). ``progress(day_iso)`` is called after each day.
     ``outcomes`` (a dict, filled in place): ``{day_iso: day_outcome(analysis)}`` of every day written.
+    ``session``: an Icechunk archive's (forked) session to write into, committed by the caller
+    (:mod:`latentda.archive_icechunk`); without it an Icechunk archive commits each day on its own.
     """
     checksum = prior.checksum()
     k = window_of(prior)
@@ -186,7 +188,7 @@ def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], sett
         archive.write_day(settings.url, ana, {"model_checksum": checksum, "obs_hash": table_hash(obs),
                                               "config_hash": settings.config_hash},
                           settings.storage_options, members_to_keep=settings.members_to_keep,
-                          status=day_status(d, k, end_of_record))
+                          status=day_status(d, k, end_of_record), session=session)
         written.append(str(d.date()))
         if outcomes is not None:
             outcomes[written[-1]] = day_outcome(ana)
@@ -196,13 +198,14 @@ def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], sett
 
 
 def backfill(config, days: Iterable[Any], *, prior, observations: pd.DataFrame, force: bool = False,
-             progress: Callable[[str], None] | None = None, outcomes: dict[str, dict] | None = None) -> list[str]:
+             progress: Callable[[str], None] | None = None, outcomes: dict[str, dict] | None = None,
+             session: Any = None) -> list[str]:
     """Assimilate ``days`` of a run config into its archive (which must exist: :func:`ensure_archive`), skipping
     the days already done unless ``force``; the evaluation hold-out of the config is applied. Returns the ISO
-    dates written (``outcomes``: see :func:`assimilate_days`)."""
+    dates written (``outcomes``, ``session``: see :func:`assimilate_days`)."""
     settings = DaySettings.from_config(config, exclude_stations=holdout_for(config, observations))
     return assimilate_days(prior, observations, days, settings, skip_done=not force, progress=progress,
-                           outcomes=outcomes)
+                           outcomes=outcomes, session=session)
 
 
 def summarise_outcomes(outcomes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -263,7 +266,8 @@ def ensure_archive(config, prior) -> tuple[str, str | None]:
                                 config.members_to_keep, config.variables)
     prov = dict(archive_provenance(config), model_checksum=prior.checksum())
     so = dict(config.archive.storage_options) or None
-    status = archive.create_archive(config.archive_url, spec, provenance=prov, storage_options=so)
+    status = archive.create_archive(config.archive_url, spec, provenance=prov, storage_options=so,
+                                    engine=config.archive.engine)
     made_with = None
     if status == "exists":
         old = archive.open_archive(config.archive_url, so).attrs.get("latentda:model_checksum")

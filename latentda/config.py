@@ -157,7 +157,8 @@ class ArchiveChunks(_Strict):
 
 
 class ArchiveConfig(_Strict):
-    """The reanalysis Zarr archive: where, its pre-sized period, members kept, and its output catalog entry."""
+    """The reanalysis archive: where, its engine (plain Zarr or Icechunk), its pre-sized period, members kept, and
+    its output catalog entry."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -170,6 +171,9 @@ class ArchiveConfig(_Strict):
     end: _dt.date
     name: str = Field("reanalysis", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     catalog: str | None = Field(None, description="output Intake catalog; default ./catalogs/reanalysis.yaml")
+    engine: Literal["zarr", "icechunk"] = Field(
+        "zarr", description="zarr: a plain Zarr v3 store, days visible as each is written; icechunk: an Icechunk "
+                            "repository, each block of days one atomic commit (latentda.archive_icechunk)")
 
     @field_validator("keep_members")
     @classmethod
@@ -181,6 +185,10 @@ class ArchiveConfig(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> "ArchiveConfig":
         _check_order(self.start, self.end)
+        scheme = (self.url or "").split("://")[0] if "://" in (self.url or "") else "file"
+        if self.engine == "icechunk" and scheme not in ("s3", "s3a", "file"):
+            raise ValueError(f"archive.engine icechunk takes a local path or an s3:// URL, not {scheme}://...; "
+                             "use archive.engine: zarr for that store")
         return self
 
     @property
@@ -275,7 +283,8 @@ class RunConfig(_Strict):
 
     @property
     def archive_url(self) -> str:
-        return self.archive.url or _join(self.workdir, "reanalysis.zarr")
+        return self.archive.url or _join(self.workdir, "reanalysis.icechunk" if self.archive.engine == "icechunk"
+                                         else "reanalysis.zarr")
 
     @property
     def output_catalog(self) -> str:
@@ -358,6 +367,8 @@ def config_hash(cfg: RunConfig | Mapping[str, Any]) -> str:
         d["assimilation"] = {**d["assimilation"], "options": {k: v for k, v in options.items() if k != "window"}}
     if isinstance(d.get("archive"), dict):
         d["archive"] = dict(d["archive"])
+        if d["archive"].get("engine") == "zarr":  # the default engine: the hash stays what it was before engines
+            d["archive"].pop("engine")
         d["archive"]["storage_options"] = redact_storage_options(d["archive"].get("storage_options"))
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

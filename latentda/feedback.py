@@ -227,7 +227,9 @@ def _done_days(archive_url: str, storage_options: Mapping[str, Any] | None) -> l
 
     if not storage.exists(archive_url, storage_options):
         raise FileNotFoundError(f"no archive at {storage.redact(archive_url)!r} for the feedback beside it")
-    g = zarr.open_group(storage.zarr_store(archive_url, storage_options, read_only=True), mode="r", zarr_format=3)
+    from .archive import read_store  # either engine (an Icechunk archive: its last commit)
+
+    g = zarr.open_group(read_store(archive_url, storage_options), mode="r", zarr_format=3)
     units = g["time"].attrs.get("units")
     if units != TIME_ENCODING["units"]:
         raise ValueError(f"archive time units {units!r} are not {TIME_ENCODING['units']!r}: not a latentda archive")

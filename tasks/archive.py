@@ -119,10 +119,13 @@ def validate_archive(config: RunConfig, start: str | None = None, end: str | Non
 @task(name="register-archive", cache_policy=NO_CACHE, **RETRY_IO)
 def register_archive(config: RunConfig) -> str:
     """Add or replace the run's entries in the output catalog (storage options without secrets): the archive
-    (driver zarr) and its per-observation feedback (``<name>_feedback``, ``tasks.intake_sources.FeedbackSource``)."""
+    (driver zarr, or ``IcechunkArchiveSource`` for an Icechunk archive) and its per-observation feedback
+    (``<name>_feedback``, ``tasks.intake_sources.FeedbackSource``)."""
     entry = catalog_io.ZarrEntry(config.archive.name, config.archive_url, config.archive.storage_options,
                                  backfill.catalog_description(config), backfill.catalog_metadata(config))
-    catalog_io.register_zarr_source(config.output_catalog, entry)
+    register = catalog_io.register_icechunk_source if config.archive.engine == "icechunk" \
+        else catalog_io.register_zarr_source
+    register(config.output_catalog, entry)
     fb = catalog_io.ZarrEntry(backfill.feedback_entry_name(config), config.archive_url,
                               config.archive.storage_options, backfill.feedback_description(config),
                               dict(backfill.catalog_metadata(config), archive_entry=config.archive.name))

@@ -67,6 +67,15 @@ def register_zarr_source(catalog_path: str | os.PathLike, entry: ZarrEntry) -> s
     return _write_entry(catalog_path, entry, "zarr", args, f"latentda reanalysis archive {entry.name}")
 
 
+def register_icechunk_source(catalog_path: str | os.PathLike, entry: ZarrEntry) -> str:
+    """Add or replace the entry of an archive kept in an Icechunk repository (driver
+    ``tasks.intake_sources.IcechunkArchiveSource``: the last commit, lazily with dask), as
+    :func:`register_zarr_source` does for a plain Zarr archive. Returns the catalog's path."""
+    args = {"urlpath": _catalog_urlpath(entry.url, catalog_path)}
+    return _write_entry(catalog_path, entry, "tasks.intake_sources.IcechunkArchiveSource", args,
+                        f"latentda reanalysis archive {entry.name} (Icechunk)")
+
+
 def register_feedback_source(catalog_path: str | os.PathLike, entry: ZarrEntry) -> str:
     """Add or replace the per-observation feedback entry of the archive at ``entry.url`` (driver
     ``tasks.intake_sources.FeedbackSource``; ``latentda.feedback`` explains the table) in the output catalog, as

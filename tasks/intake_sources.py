@@ -1,5 +1,6 @@
 """Intake (v1 YAML) data sources for observation tables: Parquet tables in latentda's layout, GHCN-Daily /
-ISD-like station files read by a declared layout, and the per-observation feedback of an archive. Local files or any fsspec URL (object storage)."""
+ISD-like station files read by a declared layout, and the per-observation feedback of an archive; and a reanalysis
+archive kept in an Icechunk repository. Local files or any fsspec URL (object storage)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -76,6 +77,39 @@ class FeedbackSource(_TableSource):
         from latentda.feedback import read_feedback
 
         return read_feedback(self.urlpath, self.start, self.end, self.storage_options or None)
+
+
+class IcechunkArchiveSource(DataSource):
+    """A latentda archive kept in an Icechunk repository (``archive.engine: icechunk``), read at the last commit of
+    its ``main`` branch (``snapshot``: an earlier commit's id) as a lazy xarray Dataset with one-day dask chunks:
+    ``driver: tasks.intake_sources.IcechunkArchiveSource``; ``.to_dask()`` (lazy) or ``.read()`` (loaded)."""
+
+    container = "xarray"
+    name = "latentda_icechunk_archive"
+    version = "1"
+    partition_access = False
+
+    def __init__(self, urlpath: str, storage_options: dict | None = None, snapshot: str | None = None,
+                 metadata: dict | None = None):
+        super().__init__(metadata=metadata)
+        self.urlpath = urlpath
+        self.storage_options = storage_options or {}
+        self.snapshot = snapshot
+
+    def to_dask(self):
+        from latentda.archive import open_archive
+
+        return open_archive(self.urlpath, self.storage_options or None, chunks={}, snapshot=self.snapshot)
+
+    def read(self):
+        return self.to_dask().load()
+
+    def _get_schema(self):
+        ds = self.to_dask()
+        return Schema(datashape=None, dtype=None, shape=None, npartitions=None, extra_metadata=dict(ds.attrs))
+
+    def _close(self):
+        pass
 
 
 class StationTableSource(_TableSource):

@@ -288,29 +288,34 @@ def test_rewrite_of_a_done_day_unsets_its_flag_before_the_data(written, world, m
     assert assimilate_days(prior, world.obs, ["2005-01-02"], _settings(url), skip_done=True) == ["2005-01-02"]
 
 
-def create_after_barrier(url: str, spec, barrier, results) -> None:
+def create_after_barrier(url: str, spec, barrier, results, engine: str = "zarr") -> None:
     """Child process: wait for the other creator, then create the same archive at the same moment (also used by
     tests/test_s3.py)."""
     barrier.wait()
     try:
-        results.put(lib.create_archive(url, spec, {"config_hash": "race"}))
+        results.put(lib.create_archive(url, spec, {"config_hash": "race"}, engine=engine))
     except Exception as err:  # noqa: BLE001 - reported to the parent, which fails the test with it
         results.put(f"{type(err).__name__}: {err}")
 
 
-def test_two_processes_creating_the_same_new_archive_both_succeed(tmp_path, tiny_prior_path):
+@pytest.mark.parametrize("engine", ["zarr", "icechunk"])
+def test_two_processes_creating_the_same_new_archive_both_succeed(tmp_path, tiny_prior_path, engine):
     """Issue 11 finding 6: two creators at the same instant; before, ``mode="w"`` of one removed the group the
     other had opened (GroupNotFoundError). Now one gets "created", the other "exists", in every trial, and the
-    store is complete and valid, with no temporary directory left."""
+    store is complete and valid, with no temporary directory left. The same for an Icechunk archive (whose
+    creators are serialised by the sibling commit lock; spawned: Icechunk's runtime threads do not survive a
+    fork)."""
     import multiprocessing as mp
 
     _, prior = tiny_prior_path
     spec = lib.archive_spec(prior, "2005-01-01", "2005-01-05", members=2)
-    ctx = mp.get_context("fork")
-    for trial in range(6):
-        url = str(tmp_path / f"race{trial}.zarr")
+    ctx = mp.get_context("fork" if engine == "zarr" else "spawn")
+    trials = 6 if engine == "zarr" else 3
+    for trial in range(trials):
+        url = str(tmp_path / f"race{trial}.{engine}")
         barrier, results = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=create_after_barrier, args=(url, spec, barrier, results)) for _ in range(2)]
+        procs = [ctx.Process(target=create_after_barrier, args=(url, spec, barrier, results, engine))
+                 for _ in range(2)]
         for p in procs:
             p.start()
         for p in procs:
@@ -319,8 +324,9 @@ def test_two_processes_creating_the_same_new_archive_both_succeed(tmp_path, tiny
         assert got == ["created", "exists"], f"trial {trial}: {got}"
         ds = lib.open_archive(url)
         assert ds.attrs["latentda:initialised"] == 1 and not ds["done"].values.any()
-        assert lib.create_archive(url, spec) == "exists"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"race{t}.zarr" for t in range(6)]
+        assert lib.create_archive(url, spec, engine=engine) == "exists" and lib.engine_at(url) == engine
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".commit-lock")) == \
+        [f"race{t}.{engine}" for t in range(trials)]
 
 
 def test_quicklook_title_has_members_and_rmse_and_pressure_in_hpa(written, world, tmp_path, monkeypatch):

@@ -69,14 +69,15 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
     assert main(["status", "--config", str(tmp_path / "missing.yaml")]) == 2
 
 
-def test_status_reports_done_and_missing_days(tmp_path, world, tiny_prior_path, capsys):
+@pytest.mark.parametrize("engine", ["zarr", "icechunk"])
+def test_status_reports_done_and_missing_days(tmp_path, world, tiny_prior_path, capsys, engine):
     _, prior = tiny_prior_path
-    cfg_path = world.write_config(tmp_path)
+    url = str(tmp_path / f"archive.{engine}")
+    cfg_path = world.write_config(tmp_path, archive={"url": url, "engine": engine})
     assert main(["status", "--config", cfg_path]) == 0
     assert "not created yet" in capsys.readouterr().out
-    url = str(tmp_path / "archive.zarr")
     spec = lib.archive_spec(prior, "2005-01-01", "2005-01-10", members=4)
-    lib.create_archive(url, spec)
+    lib.create_archive(url, spec, engine=engine)
     assimilate_days(prior, world.obs, ["2005-01-02", "2005-01-03", "2005-01-06"],
                     DaySettings(url=url, members=4, seed=0, options={"max_iter": 10}))
     assert main(["status", "--config", cfg_path]) == 0

@@ -24,6 +24,8 @@ from servers import BUCKET_PREFIX, MotoServer, PausableProxy, list_objects, make
 
 REPO = Path(__file__).resolve().parents[1]
 FAILURE = [pytest.mark.failure, pytest.mark.slow]
+#: Both archive engines (``archive.engine``): the Icechunk archive must survive the same failures.
+ENGINES = pytest.mark.parametrize("engine", ["zarr", "icechunk"])
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -54,6 +56,19 @@ def chunk_files(root: str) -> dict[str, bytes]:
     return out
 
 
+def archive_url(d: Path, engine: str) -> str:
+    return str(d / ("archive.icechunk" if engine == "icechunk" else "archive.zarr"))
+
+
+def assert_same_chunks(url: str, ref: str) -> None:
+    """Every chunk file of a Zarr archive is the reference's, byte for byte (an Icechunk archive names its chunks
+    by random ids: its decoded bytes are compared by :func:`assert_same_archive`)."""
+    if lib.engine_at(url) == "zarr":
+        fa, fb = chunk_files(url), chunk_files(ref)
+        assert fa.keys() == fb.keys()
+        assert [k for k in fa if fa[k] != fb[k]] == []
+
+
 def assert_same_archive(url_a: str, url_b: str, so_a=None, so_b=None) -> None:
     a, b = lib.open_archive(url_a, so_a), lib.open_archive(url_b, so_b)
     assert sorted(a.data_vars) == sorted(b.data_vars)
@@ -64,9 +79,11 @@ def assert_same_archive(url_a: str, url_b: str, so_a=None, so_b=None) -> None:
 
 
 def days_done(url: str, so=None) -> list[str]:
+    from icechunk import IcechunkError
+
     try:
         st = lib.day_status(url, so)
-    except (FileNotFoundError, lib.ArchiveError, KeyError, ValueError, OSError):  # absent or being created
+    except (FileNotFoundError, lib.ArchiveError, KeyError, ValueError, OSError, IcechunkError):  # being created
         return []
     return [str(d.date()) for d in st.index[st.values]]
 
@@ -101,13 +118,16 @@ def run_while(disrupt, cfg_path, events: dict, join_s: float) -> None:
 
 @pytest.mark.failure
 @pytest.mark.slow
-def test_kill9_backfill_mid_range_then_rerun_is_byte_identical(prefect_harness, world, tmp_path):
+@ENGINES
+def test_kill9_backfill_mid_range_then_rerun_is_byte_identical(prefect_harness, world, tmp_path, engine):
     from latentda.config import load_config
 
     days = [f"2005-01-{i:02d}" for i in range(1, 9)]
-    cfg_path = world.write_config(tmp_path / "run", archive={"start": days[0], "end": days[-1]},
+    block = 2 if engine == "icechunk" else 1  # Icechunk: a block of 2 days is one commit
+    cfg_path = world.write_config(tmp_path / "run", archive={"start": days[0], "end": days[-1], "engine": engine,
+                                                             "url": archive_url(tmp_path / "run", engine)},
                                   backfill={"start": days[0], "end": days[-1]},
-                                  catalog={"truth": None}, assimilation={"block_days": 1},
+                                  catalog={"truth": None}, assimilation={"block_days": block},
                                   cluster={"n_workers": 1, "threads_per_worker": 1})
     cfg = load_config(cfg_path)
     url = cfg.archive_url
@@ -135,6 +155,7 @@ def test_kill9_backfill_mid_range_then_rerun_is_byte_identical(prefect_harness, 
     assert proc.returncode == -signal.SIGKILL
     after_kill = days_done(url)
     assert 2 <= len(after_kill) < len(days), after_kill  # mid-range
+    assert len(after_kill) % block == 0, after_kill  # whole blocks only: the killed block's days are all lost
     lib.validate_archive(url)  # what is marked done is complete
     from latentda import feedback as fbk
 
@@ -152,9 +173,7 @@ def test_kill9_backfill_mid_range_then_rerun_is_byte_identical(prefect_harness, 
     ref = str(tmp_path / "reference.zarr")
     library_reference(cfg, days, ref, world.obs)
     assert_same_archive(url, ref)
-    fa, fb = chunk_files(url), chunk_files(ref)
-    assert fa.keys() == fb.keys()
-    assert [k for k in fa if fa[k] != fb[k]] == []  # every chunk file, byte for byte
+    assert_same_chunks(url, ref)  # every chunk file, byte for byte
     for d in days:  # and every day's feedback file
         assert Path(fbk.day_url(url, d)).read_bytes() == Path(fbk.day_url(ref, d)).read_bytes(), d
 
@@ -162,7 +181,8 @@ def test_kill9_backfill_mid_range_then_rerun_is_byte_identical(prefect_harness, 
 # ------------------------------------------------------------------------------------------ worker kill
 @pytest.mark.failure
 @pytest.mark.slow
-def test_dask_worker_killed_mid_run_retries_or_rerun_completes(prefect_harness, world, tmp_path):
+@ENGINES
+def test_dask_worker_killed_mid_run_retries_or_rerun_completes(prefect_harness, world, tmp_path, engine):
     from distributed import Client, LocalCluster
 
     from flows.reanalysis import run_reanalysis
@@ -172,7 +192,9 @@ def test_dask_worker_killed_mid_run_retries_or_rerun_completes(prefect_harness, 
     events: dict = {}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        cfg_path = world.write_config(tmp_path / "run", archive={"start": days[0], "end": days[-1]},
+        cfg_path = world.write_config(tmp_path / "run", archive={"start": days[0], "end": days[-1],
+                                                                 "engine": engine,
+                                                                 "url": archive_url(tmp_path / "run", engine)},
                                       backfill={"start": days[0], "end": days[-1]}, catalog={"truth": None},
                                       assimilation={"block_days": 1},
                                       cluster={"profile": "address", "address": cluster.scheduler_address})
@@ -203,13 +225,15 @@ def test_dask_worker_killed_mid_run_retries_or_rerun_completes(prefect_harness, 
     ref = str(tmp_path / "reference.zarr")
     library_reference(cfg, days, ref, world.obs)
     assert_same_archive(url, ref)
-    assert chunk_files(url) == chunk_files(ref)
+    assert_same_chunks(url, ref)
 
 
 # ------------------------------------------------------------------------------------------ S3 outage
 @pytest.mark.failure
 @pytest.mark.slow
-def test_s3_outage_during_backfill_recovers_or_rerun_completes(prefect_harness, world, tmp_path, monkeypatch):
+@ENGINES
+def test_s3_outage_during_backfill_recovers_or_rerun_completes(prefect_harness, world, tmp_path, monkeypatch,
+                                                              engine):
     from flows.reanalysis import run_reanalysis
     from latentda.config import load_config
 
@@ -219,10 +243,10 @@ def test_s3_outage_during_backfill_recovers_or_rerun_completes(prefect_harness, 
         make_bucket(moto.endpoint_url, bucket)
         for k, v in s3_env(proxy.endpoint_url).items():  # the system reaches S3 only through the proxy
             monkeypatch.setenv(k, v)
-        url = f"s3://{bucket}/archive.zarr"
+        url = f"s3://{bucket}/archive.{engine}"
         direct = {"endpoint_url": moto.endpoint_url}  # the test watches the bucket past the proxy
         cfg_path = world.write_config(
-            tmp_path / "run", archive={"url": url, "start": days[0], "end": days[-1]},
+            tmp_path / "run", archive={"url": url, "start": days[0], "end": days[-1], "engine": engine},
             backfill={"start": days[0], "end": days[-1]}, catalog={"truth": None},
             assimilation={"block_days": 1},
             cluster={"profile": "local", "n_workers": 2, "threads_per_worker": 1, "options": {"processes": False}})
@@ -259,9 +283,11 @@ def test_s3_outage_during_backfill_recovers_or_rerun_completes(prefect_harness, 
         ref = str(tmp_path / "reference.zarr")
         library_reference(cfg, days, ref, world.obs)
         assert_same_archive(url, ref, so_a=direct)
-        objects = {k.split("/", 1)[1]: b for k, b in list_objects(moto.endpoint_url, bucket, "archive.zarr/").items()
-                   if not k.endswith("zarr.json")}
-        assert objects == chunk_files(ref)  # the chunks on S3 are the uninterrupted run's bytes
+        if engine == "zarr":  # the chunks on S3 are the uninterrupted run's bytes
+            objects = {k.split("/", 1)[1]: b for k, b in list_objects(moto.endpoint_url, bucket,
+                                                                      "archive.zarr/").items()
+                       if not k.endswith("zarr.json")}
+            assert objects == chunk_files(ref)
 
 
 # ---------------------------------------------------------------------------------- fuzzed observations

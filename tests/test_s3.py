@@ -184,9 +184,11 @@ def test_backfill_into_s3_from_two_workers_reads_back_and_leaks_nothing(prefect_
     assert not _grep_tree(tmp_path, secret) or _grep_tree(tmp_path, secret) == [cfg_path]  # only the user's config
 
 
-def test_two_processes_creating_the_same_new_archive_on_s3_both_succeed(aws_env, tiny_prior_path):
+@pytest.mark.parametrize("engine", ["zarr", "icechunk"])
+def test_two_processes_creating_the_same_new_archive_on_s3_both_succeed(aws_env, tiny_prior_path, engine):
     """Issue 11 finding 6 on an object store (no rename there): create-if-absent, so neither creator removes the
-    other's group; both succeed and the store is complete."""
+    other's group; both succeed and the store is complete. Icechunk: the template is the first commit, and the
+    second creator's commit conflicts and finds the first one's archive."""
     import multiprocessing as mp
 
     from latentda import archive as lib
@@ -196,9 +198,10 @@ def test_two_processes_creating_the_same_new_archive_on_s3_both_succeed(aws_env,
     spec = lib.archive_spec(prior, "2005-01-01", "2005-01-03", members=2)
     ctx = mp.get_context("spawn")  # no fork of s3fs's event loop
     for trial in range(3):
-        url = f"s3://{BUCKET}/race{trial}.zarr"
+        url = f"s3://{BUCKET}/race{trial}.{engine}"
         barrier, results = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=create_after_barrier, args=(url, spec, barrier, results)) for _ in range(2)]
+        procs = [ctx.Process(target=create_after_barrier, args=(url, spec, barrier, results, engine))
+                 for _ in range(2)]
         for p in procs:
             p.start()
         got = sorted(results.get(timeout=180) for _ in procs)
@@ -207,4 +210,36 @@ def test_two_processes_creating_the_same_new_archive_on_s3_both_succeed(aws_env,
         assert got in (["created", "exists"], ["created", "created"]), f"trial {trial}: {got}"
         ds = lib.open_archive(url)
         assert ds.attrs["latentda:initialised"] == 1 and not ds["done"].values.any()
-        assert lib.create_archive(url, spec) == "exists"
+        assert lib.create_archive(url, spec, engine=engine) == "exists" and lib.engine_at(url) == engine
+
+
+def test_icechunk_archive_on_s3_block_commit_and_no_secret_in_the_bucket(s3, monkeypatch, tiny_prior_path, world):
+    """archive.engine icechunk on S3 (moto): Icechunk's own S3 storage is built from the archive's storage options
+    (credentials and endpoint), or from the AWS environment alone; a block written in forks and committed once
+    reads back whole; the secret appears in no object of the repository."""
+    from latentda import archive as lib
+    from latentda import archive_icechunk as ice
+    from latentda.backfill import DaySettings, assimilate_days
+
+    _, prior = tiny_prior_path
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(k, raising=False)
+    so = {"key": TEST_KEY, "secret": TEST_SECRET, "endpoint_url": s3.endpoint_url}
+    url = f"s3://{BUCKET}/rean.icechunk"
+    spec = lib.archive_spec(prior, "2005-01-01", "2005-01-05", members=4)
+    assert lib.create_archive(url, spec, {"config_hash": "c" * 64}, so, engine="icechunk") == "created"
+    settings = DaySettings(url=url, members=4, seed=0, options={"max_iter": 10}, storage_options=so)
+    session = ice.writable_session(url, so)
+    forks = [session.fork() for _ in range(2)]
+    for d, fork in zip(["2005-01-02", "2005-01-03"], forks):
+        assimilate_days(prior, world.obs, [d], settings, session=fork)
+        assert not lib.day_status(url, so).any()  # nothing visible before the commit
+    assert ice.commit(url, session, "block", forks)
+    for k, v in s3_env(s3.endpoint_url).items():  # a reader with the environment only
+        monkeypatch.setenv(k, v)
+    assert lib.engine_at(url) == "icechunk"
+    assert list(lib.day_status(url).values) == [False, True, True, False, False]
+    assert lib.validate_archive(url)["done"] == 2
+    assert lib.create_archive(url, spec, engine="icechunk") == "exists"
+    objects = list_objects(s3.endpoint_url, BUCKET, "rean.icechunk/")
+    assert objects and not any(TEST_SECRET.encode() in b for b in objects.values())
