@@ -83,20 +83,24 @@ def _common_dir(g: Path) -> Path:
 
 @contextlib.contextmanager
 def torch_threads(n: int | None):
-    """Run the block with ``n`` torch intra-op threads (process-wide; restored afterwards). None: unchanged."""
+    """Run the block with ``n`` torch intra-op threads (process-wide; restored afterwards). None: unchanged.
+
+    Always calls ``torch.set_num_threads(n)``, even when ``torch.get_num_threads()`` already says ``n``: that
+    reports OpenMP's count (which threadpoolctl or ``OMP_NUM_THREADS`` may have lowered), while the MKL linked into
+    torch keeps the count of the last ``set_num_threads``; its GEMMs then round differently (measured: a day's
+    analysis changed in the last bits after an earlier ``set_num_threads(2)`` in the same process).
+    """
     if not n:
         yield
         return
     import torch
 
     old = torch.get_num_threads()
-    if old != n:
-        torch.set_num_threads(int(n))
+    torch.set_num_threads(int(n))
     try:
         yield
     finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
+        torch.set_num_threads(old)
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -285,3 +285,18 @@ def test_errors_beyond_float32_are_rejected_as_bad_error():
                       "station_id": list("abcde"), "variable": ["air_temperature"] * 5})
     out = validate_observations(t, ["air_temperature"])
     assert list(out["qc"]) == ["bad_error", "bad_error", "bad_error", "", ""]
+
+
+def test_torch_threads_sets_the_count_even_when_torch_reports_it_already(monkeypatch):
+    """torch.get_num_threads() reports OpenMP's count, which threadpoolctl/OMP_NUM_THREADS may have lowered while
+    the MKL inside torch keeps an earlier set_num_threads: the day must always set it (bytes depended on it)."""
+    import torch
+
+    from latentda.runtime import torch_threads
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    with torch_threads(1):
+        assert calls == [1]
+    assert calls == [1, 1]  # restored to what torch reported
