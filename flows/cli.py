@@ -262,13 +262,12 @@ def cmd_demo(args, out=None) -> dict:
     return {"train": tr, "reanalysis": summary, "evaluate": ev}
 
 
-def _prestart(args: argparse.Namespace) -> None:
-    """Start the local workers' forkserver (imports torch once, in the background) before the Prefect server."""
-    from latentda.config import load_config
-
+def _prestart(cfg) -> None:
+    """Start the local workers' forkserver (imports torch once, in the background) before the Prefect server;
+    ``cfg``: the run config preflight loaded (CLI overrides applied)."""
     from .runners import prestart_workers
 
-    prestart_workers(load_config(args.config, _overrides(args)).cluster)
+    prestart_workers(cfg.cluster)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quiet_dask_logs()
             if not args.debug:
                 hide_prefect_tracebacks()
-        return _dispatch(args)
+        return _dispatch(args, cfg)
     except BackfillIncomplete as err:
         if args.debug:
             raise
@@ -332,7 +331,7 @@ def is_input_error(err: BaseException) -> bool:
     return isinstance(err, kinds)
 
 
-def _dispatch(args) -> int:
+def _dispatch(args, cfg) -> int:
     from latentda import storage
 
     from . import prefect_api
@@ -353,7 +352,7 @@ def _dispatch(args) -> int:
     if c == "train":
         from .train import run_train
 
-        _prestart(args)
+        _prestart(cfg)
         with prefect_api():
             out = run_train(args.config, _overrides(args), retrain=args.retrain, progress=not args.no_progress)
         print(f"prior {'trained' if out['trained'] else 'up to date, reused (checksum verified)'}: "
@@ -362,7 +361,7 @@ def _dispatch(args) -> int:
     if c == "backfill":
         from .reanalysis import run_reanalysis
 
-        _prestart(args)
+        _prestart(cfg)
         with prefect_api():
             summary = run_reanalysis(args.config, args.start, args.end, _overrides(args),
                                      progress=not args.no_progress, force=args.force)
@@ -372,7 +371,7 @@ def _dispatch(args) -> int:
         from .daily import run_daily, serve_daily
 
         if not args.serve:
-            _prestart(args)
+            _prestart(cfg)
         with prefect_api():
             if args.serve:
                 serve_daily(args.config, cron=args.cron)

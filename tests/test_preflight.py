@@ -140,7 +140,7 @@ def test_an_object_store_error_names_the_bucket(tmp_path, world, monkeypatch, ca
     assert name_buckets("NoSuchBucket: my-bucket", {"archive": "s3://my-bucket/a.zarr"}) == "NoSuchBucket: my-bucket"
     cfg_path = world.write_config(tmp_path, archive={"url": "s3://my-bucket/run/a.zarr"})
 
-    def denied(args):
+    def denied(args, cfg):
         raise PermissionError("Access Denied")  # what s3fs raises for a 403, without the bucket
 
     monkeypatch.setattr(flows.cli, "_dispatch", denied)
