@@ -46,8 +46,8 @@ import xarray as xr
 from ..fields import to_array
 from ..grid import Grid
 from ..normalization import climatology_at
-
 from ..runtime import to_json
+from .compat import check_compatible
 from .device import resolve_device
 from .flow import LatentFlow
 from .transition import LatentTransition
@@ -280,46 +280,9 @@ class Prior:
     # ------------------------------------------------------------------ compatibility
     def check_compatible(self, ds_or_grid: xr.Dataset | xr.DataArray | Grid,
                          variables: Sequence[str] | None = None) -> None:
-        """Raise ValueError naming the mismatch if ``ds_or_grid`` is not on this prior's grid, lacks one of its
-        variables, or (when ``variables`` is given) asks for variables the prior does not have. Units are compared
-        when both sides carry a ``units`` attribute."""
-        if isinstance(ds_or_grid, Grid):
-            grid = ds_or_grid
-        elif isinstance(ds_or_grid, (xr.Dataset, xr.DataArray)):
-            for name in ("lat", "lon"):
-                if name not in ds_or_grid.coords:
-                    raise ValueError(f"data has no {name!r} coordinate (has {list(ds_or_grid.coords)}); "
-                                     "use latentda.grid.normalize_grid")
-            grid = Grid.from_dataset(ds_or_grid)
-        else:
-            raise ValueError(f"expected an xarray Dataset or a Grid, got {type(ds_or_grid).__name__}")
-        if not self.grid.matches(grid):
-            if grid.shape != self.grid.shape:
-                detail = f"shape {grid.shape[0]}x{grid.shape[1]} != {self.grid.shape[0]}x{self.grid.shape[1]}"
-            else:
-                dlat = float(np.abs(grid.lat - self.grid.lat).max())
-                dlon = float(np.abs(grid.lon - self.grid.lon).max())
-                detail = f"coordinates differ by up to {dlat:.4g} deg in lat and {dlon:.4g} deg in lon"
-            raise ValueError(f"grid mismatch: the prior was trained on the {self.grid.describe()}, the data are on "
-                             f"the {grid.describe()} ({detail}); regrid the data or train a prior on this grid")
-        if variables is not None:
-            variables = [variables] if isinstance(variables, str) else list(variables)
-            extra = [v for v in variables if v not in self.variables]
-            missing = [v for v in self.variables if v not in variables]
-            if extra or missing:
-                raise ValueError(f"variable mismatch: the prior has variables {self.variables}; requested "
-                                 f"{variables} (not in the prior: {extra}; missing: {missing})")
-        if isinstance(ds_or_grid, xr.Dataset):
-            absent = [v for v in self.variables if v not in ds_or_grid.data_vars]
-            if absent:
-                raise ValueError(f"variable mismatch: the data lack the prior's variable(s) {absent} (data have "
-                                 f"{sorted(ds_or_grid.data_vars)}, the prior needs {self.variables})")
-            for v in self.variables:
-                have = ds_or_grid[v].attrs.get("units")
-                want = self.var_attrs.get(v, {}).get("units")
-                if have is not None and want is not None and str(have) != str(want):
-                    raise ValueError(f"units mismatch for variable {v!r}: data in {have!r}, the prior in {want!r}; "
-                                     "convert the data")
+        """ValueError naming the mismatch if the data are not on this prior's grid or lack/ask for other
+        variables or units (:func:`latentda.prior.compat.check_compatible`)."""
+        check_compatible(self, ds_or_grid, variables)
 
     # ------------------------------------------------------------------ serialisation
     def to_checkpoint(self) -> dict:
