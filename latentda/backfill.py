@@ -157,7 +157,8 @@ def day_outcome(analysis: xr.Dataset) -> dict[str, Any]:
 
 def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], settings: DaySettings, *,
                     skip_done: bool = False, progress: Callable[[str], None] | None = None,
-                    outcomes: dict[str, dict] | None = None, session: Any = None) -> list[str]:
+                    outcomes: dict[str, dict] | None = None, session: Any = None,
+                    end_of_record: pd.Timestamp | None = None) -> list[str]:
     """Assimilate and write each of ``days`` into the archive ``settings.url``; returns the ISO dates written.
 
     Each day uses the rows of its window [d - k, d + k] (k = the prior's window; the day alone for a day prior) and
@@ -167,10 +168,12 @@ def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], sett
     ``outcomes`` (a dict, filled in place): ``{day_iso: day_outcome(analysis)}`` of every day written.
     ``session``: an Icechunk archive's (forked) session to write into, committed by the caller
     (:mod:`latentda.archive_icechunk`); without it an Icechunk archive commits each day on its own.
+    ``end_of_record``: :func:`record_end` of ``observations`` when the caller has it (a worker running the days of
+    one table one at a time); None computes it.
     """
     checksum = prior.checksum()
     k = window_of(prior)
-    end_of_record = record_end(observations)
+    end_of_record = record_end(observations) if end_of_record is None else end_of_record
     todo = to_days(list(days))
     if skip_done:
         todo = days_needing_work(settings.url, todo, k, end_of_record, settings.storage_options)
@@ -199,13 +202,13 @@ def assimilate_days(prior, observations: pd.DataFrame, days: Iterable[Any], sett
 
 def backfill(config, days: Iterable[Any], *, prior, observations: pd.DataFrame, force: bool = False,
              progress: Callable[[str], None] | None = None, outcomes: dict[str, dict] | None = None,
-             session: Any = None) -> list[str]:
+             session: Any = None, end_of_record: pd.Timestamp | None = None) -> list[str]:
     """Assimilate ``days`` of a run config into its archive (which must exist: :func:`ensure_archive`), skipping
     the days already done unless ``force``; the evaluation hold-out of the config is applied. Returns the ISO
-    dates written (``outcomes``, ``session``: see :func:`assimilate_days`)."""
+    dates written (``outcomes``, ``session``, ``end_of_record``: see :func:`assimilate_days`)."""
     settings = DaySettings.from_config(config, exclude_stations=holdout_for(config, observations))
     return assimilate_days(prior, observations, days, settings, skip_done=not force, progress=progress,
-                           outcomes=outcomes, session=session)
+                           outcomes=outcomes, session=session, end_of_record=end_of_record)
 
 
 def summarise_outcomes(outcomes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

@@ -26,10 +26,26 @@ from latentda.obs.qc import AllObservationsRejected, format_counts
 from . import catalog as catalog_io
 from .archive import load_prior_cached
 
-_TABLES: dict[tuple, pd.DataFrame] = {}
+_TABLES: dict[tuple, tuple[pd.DataFrame, pd.Timestamp | None]] = {}
+_ENTRY_URLS: dict[tuple, tuple[str | None, dict | None]] = {}
 #: Called as ``on_day(day, error_or_None)`` when a day finishes (the flow's progress bar and artifact).
 _HOOK: dict[str, Callable[[str, BaseException | None], None] | None] = {"on_day": None}
 _TABLE_LOCK = threading.Lock()
+
+
+def _entry_url(catalog_path: str, entry: str, cat_stamp: Any) -> tuple[str | None, dict | None]:
+    """(urlpath, storage_options) of a catalog entry's data file, parsed once per catalog file version (a local
+    catalog's mtime; a remote catalog is parsed every time): parsing the YAML costs ~20 ms, the day ~400 ms."""
+    key = (catalog_path, entry, cat_stamp)
+    if cat_stamp is not None and key in _ENTRY_URLS:
+        return _ENTRY_URLS[key]
+    src = catalog_io.entry(catalog_io.open_catalog(catalog_path), entry)
+    url = getattr(src, "urlpath", None)
+    found = (url if isinstance(url, str) else None, getattr(src, "storage_options", None) or None)
+    if cat_stamp is not None:
+        _ENTRY_URLS.clear()
+        _ENTRY_URLS[key] = found
+    return found
 
 
 def _table_version(catalog_path: str, entry: str) -> tuple:
@@ -42,10 +58,9 @@ def _table_version(catalog_path: str, entry: str) -> tuple:
         cat_stamp = None
     data_stamp = None
     try:
-        src = catalog_io.entry(catalog_io.open_catalog(catalog_path), entry)
-        url = getattr(src, "urlpath", None)
-        if isinstance(url, str):
-            fs, path = storage.filesystem(url, getattr(src, "storage_options", None) or None)
+        url, options = _entry_url(catalog_path, entry, cat_stamp)
+        if url is not None:
+            fs, path = storage.filesystem(url, options)
             info = fs.info(path)
             data_stamp = (info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag")))
     except (OSError, KeyError, ValueError):
@@ -56,19 +71,29 @@ def _table_version(catalog_path: str, entry: str) -> tuple:
 def read_observations(catalog_path: str, entry: str) -> pd.DataFrame:
     """The observation table of catalog entry ``entry``, read once per worker process and table version
     (:func:`_table_version`)."""
+    return _read_table(catalog_path, entry)[0]
+
+
+def _read_table(catalog_path: str, entry: str) -> tuple[pd.DataFrame, pd.Timestamp | None]:
+    """(the table, its last day: ``latentda.backfill.record_end``), cached as :func:`read_observations` says."""
     key = (str(catalog_path), entry, _table_version(catalog_path, entry))
     with _TABLE_LOCK:
         if key not in _TABLES:
             _TABLES.clear()
-            _TABLES[key] = catalog_io.read_table(catalog_path, entry)
+            table = catalog_io.read_table(catalog_path, entry)
+            _TABLES[key] = (table, backfill.record_end(table))
         return _TABLES[key]
 
 
 def run_observations(config: RunConfig) -> pd.DataFrame:
     """The run's observation table (catalog entry ``catalog.observations``), cached per process."""
+    return _run_table(config)[0]
+
+
+def _run_table(config: RunConfig) -> tuple[pd.DataFrame, pd.Timestamp | None]:
     if not config.catalog.observations:
         raise ValueError("catalog.observations is not set in the run config: no observations to assimilate")
-    return read_observations(config.catalog.path, config.catalog.observations)
+    return _read_table(config.catalog.path, config.catalog.observations)
 
 
 def run_day(day: str, config: RunConfig, force: bool = False) -> dict[str, dict]:
@@ -92,8 +117,9 @@ def run_forked_day(job: ForkedDay, config: RunConfig, force: bool = False) -> tu
     merges the forks of the days that succeeded and commits them at once (``latentda.archive_icechunk``)."""
     prior = load_prior_cached(config.prior_path, "cpu", config.archive.storage_options)
     outcomes: dict[str, dict] = {}
-    backfill.backfill(config, [job.day], prior=prior, observations=run_observations(config), force=force,
-                      outcomes=outcomes, session=job.fork)
+    table, end_of_record = _run_table(config)
+    backfill.backfill(config, [job.day], prior=prior, observations=table, force=force, outcomes=outcomes,
+                      session=job.fork, end_of_record=end_of_record)
     return outcomes, job.fork
 
 
@@ -123,8 +149,8 @@ def days_to_do(config: RunConfig, start: str, end: str) -> list[str]:
     window observed since (``latentda.backfill.days_needing_work``)."""
     prior = load_prior_cached(config.prior_path, "cpu", config.archive.storage_options)
     days = pd.date_range(start, end, freq="D")
-    todo = backfill.days_needing_work(config.archive_url, days, backfill.window_of(prior),
-                                      backfill.record_end(run_observations(config)), config.archive.storage_options)
+    todo = backfill.days_needing_work(config.archive_url, days, backfill.window_of(prior), _run_table(config)[1],
+                                      config.archive.storage_options)
     return [str(d.date()) for d in todo]
 
 
