@@ -88,7 +88,8 @@ def keep_malloc_defaults() -> None:
 
 #: What local Dask worker processes start with: forked from a server process that imported these once
 #: (:func:`start_worker_forkserver`). Only modules that start no thread at import (fork copies one thread).
-WORKER_PRELOAD = ("numpy", "pandas", "scipy", "xarray", "zarr", "torch", "latentda.da.rto", "latentda.backfill")
+WORKER_PRELOAD = ("numpy", "pandas", "scipy", "xarray", "zarr", "torch", "latentda.da.rto", "latentda.backfill",
+                  "tasks.worker")
 
 
 def start_worker_forkserver() -> bool:

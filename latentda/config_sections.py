@@ -98,7 +98,7 @@ class AssimilationConfig(_Strict):
 
     members: int = Field(32, ge=2)
     seed: int = Field(0, ge=0)
-    block_days: int | None = Field(None, ge=1, description="days per task; None: about 2 blocks per worker")
+    block_days: int | None = Field(None, ge=1, description="days per task; None: 16 per worker, at least 32")
     threads: int = Field(1, ge=1, description="torch threads per assimilation; the bytes depend on it: keep fixed")
     options: AssimilationOptions = Field(default_factory=AssimilationOptions)
 

@@ -2,13 +2,11 @@
 
 Also the pieces every task module shares: the cache policy whose key sees the latentda version and git sha
 (Prefect's default key does not see code inside latentda), the retry condition (retry I/O errors, not bad
-input), and a per-process cache of loaded priors.
+input); the per-process cache of loaded priors is :func:`tasks.worker.load_prior_cached`.
 """
 from __future__ import annotations
 
 import dataclasses
-import threading
-from typing import Any, Mapping
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
@@ -21,6 +19,7 @@ from latentda.config import RunConfig
 from latentda.runtime import git_sha
 
 from . import catalog as catalog_io
+from .worker import load_prior_cached
 
 
 # -------------------------------------------------------------------------------------------- shared pieces
@@ -59,29 +58,6 @@ def retry_on_io(task, task_run, state) -> bool:
 #: Task options of every task that touches storage: transient I/O errors are retried twice, after 2 s +/- 50 %
 #: (jitter: many workers hitting a throttled object store do not retry in lock step).
 RETRY_IO = {"retries": 2, "retry_delay_seconds": 2, "retry_jitter_factor": 0.5, "retry_condition_fn": retry_on_io}
-
-
-_PRIORS: dict[tuple, Any] = {}
-_PRIOR_LOCK = threading.Lock()
-
-
-def load_prior_cached(path: str, device: str = "cpu", storage_options: Mapping[str, Any] | None = None):
-    """``latentda.load_prior`` once per worker process and checkpoint version (path + size + mtime)."""
-    try:
-        fs, p = storage.filesystem(path, storage_options)
-        info = fs.info(p)
-        stamp = (info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag")))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no prior checkpoint at {storage.redact(path)!r}; train one first "
-                                "(`latentda train --config ...`)") from None
-    key = (path, device, stamp)
-    with _PRIOR_LOCK:
-        if key not in _PRIORS:
-            if len(_PRIORS) >= 2:
-                _PRIORS.pop(next(iter(_PRIORS)))
-            _PRIORS[key] = latentda.load_prior(path, device=device, storage_options=dict(storage_options or {})
-                                               or None)
-        return _PRIORS[key]
 
 
 # ---------------------------------------------------------------------------------------------------- tasks

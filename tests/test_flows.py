@@ -248,6 +248,8 @@ def test_split_blocks():
 
     days = [f"d{i}" for i in range(31)]
     blocks = split_blocks(days, None, 2)
-    assert sum(blocks, []) == days and len(blocks) == 2  # 8 days per worker, at least 16
+    assert sum(blocks, []) == days and len(blocks) == 1  # 16 days per worker, at least 32
+    blocks = split_blocks(days * 3, None, 2)
+    assert sum(blocks, []) == days * 3 and [len(b) for b in blocks] == [32, 32, 29]
     assert split_blocks(days[:5], 3, 2) == [days[:3], days[3:5]]
     assert split_blocks([], None, 2) == []
