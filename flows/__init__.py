@@ -57,9 +57,14 @@ def prefect_api(timeout: int = 90) -> Iterator[str | None]:
     dies, SIGKILL included (:mod:`flows.server_child`). Every flow run started in the block is tagged with its
     owner (:func:`flows.owner.owner_tag`), and runs left RUNNING by owners that died are marked Crashed first
     (:func:`flows.owner.mark_crashed_runs`). Yields the API URL.
+
+    With the temporary server, flow-run heartbeats are off: they tell a long-lived server's zombie detection that a
+    run is alive, and this server dies with the process (its runs are marked Crashed by the owner check above
+    instead), while Prefect 3.8 ends every flow run by waiting up to 1 s for its heartbeat thread to wake from a
+    1-s sleep (measured 0.7-0.9 s of a 16-s backfill flow). With an existing ``PREFECT_API_URL`` they stay on.
     """
     from prefect import tags
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from .owner import mark_crashed_runs, owner_tag
 
@@ -75,7 +80,7 @@ def prefect_api(timeout: int = 90) -> Iterator[str | None]:
     old = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by Dask worker processes started below
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             _mark_crashed(mark_crashed_runs)
             with tags(owner_tag()):
                 yield server.api_url
