@@ -1,6 +1,6 @@
 """Flow ``reanalysis``: backfill a date range into the pre-sized archive (wiring only; see ARCHITECTURE.md).
 
-init archive -> missing days -> blocks of days, each one Prefect task whose days are mapped over the Dask cluster
+init archive -> plan (days to do, days missing) -> blocks of days, each one Prefect task whose days are mapped over the Dask cluster
 with plain Dask -> validate -> register in the output catalog -> evaluate. Resumable: the archive's done flags say
 which days are missing; only those are assimilated. A crash loses nothing already written.
 """
@@ -17,7 +17,7 @@ from latentda import backfill, storage
 from latentda.config import RunConfig, load_config
 from latentda.obs.qc import format_counts
 from tasks.archive import init_archive, missing_days, register_archive, validate_archive
-from tasks.assimilate import (assimilate_block, days_to_do, run_observations, set_progress_hook, split_blocks,
+from tasks.assimilate import (assimilate_block, plan_backfill, run_observations, set_progress_hook, split_blocks,
                               warm_workers)
 from tasks.evaluate import evaluate
 
@@ -94,9 +94,10 @@ def _reanalysis(config_path: str, start: str | None = None, end: str | None = No
     warming = warm_workers(cfg)  # the workers import torch and load the prior while this process goes on
     run_observations(cfg)  # read (and so check) the observation entry before the archive is created
     status = ensure_archive(cfg)
-    all_missing = missing_days(cfg, str(cfg.archive.start), str(cfg.archive.end))
+    plan = plan_backfill(cfg, str(s.date()), str(e.date()))
+    all_missing = plan["missing"]
     wanted = [str(d.date()) for d in pd.date_range(s, e, freq="D")]
-    todo = wanted if force else days_to_do(cfg, str(s.date()), str(e.date()))
+    todo = wanted if force else plan["todo"]
     log.info("archive %s (%s): %d of %d day(s) in %s..%s to do", storage.redact(cfg.archive_url), status, len(todo),
              len(wanted), s.date(), e.date())
     with DayProgress(len(todo), bar=progress) as bar:

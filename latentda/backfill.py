@@ -137,7 +137,13 @@ def days_needing_work(url: str, days: Iterable[Any], window: int, end_of_record:
     todo = to_days(list(days))
     if not todo:
         return []
-    states = archive.day_states(url, storage_options, min(todo), max(todo))
+    return _needing_work(archive.day_states(url, storage_options, min(todo), max(todo)), todo, window, end_of_record)
+
+
+def _needing_work(states: pd.DataFrame, todo: list[pd.Timestamp], window: int,
+                  end_of_record: pd.Timestamp | None) -> list[pd.Timestamp]:
+    """The days of ``todo`` that :func:`days_needing_work` keeps, from the archive's ``states``
+    (:func:`latentda.archive.day_states` covering them)."""
     out = []
     for d in todo:
         done, status = bool(states.at[d, "done"]), int(states.at[d, "status"])
@@ -145,6 +151,20 @@ def days_needing_work(url: str, days: Iterable[Any], window: int, end_of_record:
         if not done or upgrade:
             out.append(d)
     return out
+
+
+def plan_days(config, start: Any, end: Any, window: int, end_of_record: pd.Timestamp | None
+              ) -> tuple[list[pd.Timestamp], list[pd.Timestamp]]:
+    """``(todo, missing)`` of a backfill of ``start..end`` from one read of the archive's flags: the days of the
+    range that need work (:func:`days_needing_work`) and the days of the whole archive period not done yet (what
+    the run's summary counts against)."""
+    states = archive.day_states(config.archive_url, config.archive.storage_options or None)
+    missing = list(states.index[~states["done"].to_numpy()])
+    todo = to_days(list(pd.date_range(to_days(start)[0], to_days(end)[0], freq="D")))
+    if todo and (todo[0] < states.index[0] or todo[-1] > states.index[-1]):
+        raise archive.ArchiveError(f"range {todo[0].date()}..{todo[-1].date()} is outside the archive period "
+                                   f"{states.index[0].date()}..{states.index[-1].date()}")
+    return _needing_work(states, todo, window, end_of_record), missing
 
 
 def day_outcome(analysis: xr.Dataset) -> dict[str, Any]:

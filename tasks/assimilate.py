@@ -50,6 +50,16 @@ def days_to_do(config: RunConfig, start: str, end: str) -> list[str]:
     return [str(d.date()) for d in todo]
 
 
+@task(name="plan-backfill", cache_policy=NO_CACHE, persist_result=False)
+def plan_backfill(config: RunConfig, start: str, end: str) -> dict[str, list[str]]:
+    """``{"todo": days of start..end to assimilate now (as :func:`days_to_do`), "missing": days of the whole
+    archive period not done yet}``, ISO dates, from one read of the archive's flags
+    (``latentda.backfill.plan_days``)."""
+    prior = load_prior_cached(config.prior_path, "cpu", config.archive.storage_options)
+    todo, missing = backfill.plan_days(config, start, end, backfill.window_of(prior), _run_table(config)[1])
+    return {"todo": [str(d.date()) for d in todo], "missing": [str(d.date()) for d in missing]}
+
+
 @task(name="daily-days", cache_policy=NO_CACHE, persist_result=False)
 def daily_days(config: RunConfig, day: str) -> list[str]:
     """What the daily run of ``day`` assimilates: ``day`` unless done, and the preliminary days of its window

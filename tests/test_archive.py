@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +236,12 @@ def test_preliminary_day_is_upgraded_once_its_observations_arrive(tiny_prior_pat
     assert int(ds[lib.WINDOW_OBSERVED].sel(time="2005-01-05")) == 0
     # nothing new: the preliminary day's window is still open, the final one is done: no work
     assert backfill.days_needing_work(url, days, 0, backfill.record_end(early)) == []
+    cfg = types.SimpleNamespace(archive_url=url, archive=types.SimpleNamespace(storage_options={}))
+    todo, missing = backfill.plan_days(cfg, "2005-01-03", "2005-01-05", 0, backfill.record_end(early))
+    assert [str(d.date()) for d in todo] == ["2005-01-03"]  # the 4th is final, the 5th preliminary and still open
+    assert [str(d.date()) for d in missing] == [f"2005-01-{i:02d}" for i in (1, 2, 3, 6, 7, 8, 9, 10)]
+    with pytest.raises(lib.ArchiveError, match="2005-01-11 is outside the archive period"):
+        backfill.plan_days(cfg, "2005-01-09", "2005-01-11", 0, None)
     assert assimilate_days(prior, early, days, settings, skip_done=True) == []
     # the observations of the 5th arrive: only the preliminary day is redone, and it is final now
     later = world.obs[(t <= "2005-01-05").values]
