@@ -26,9 +26,12 @@ also see the observations of the days d − k .. d + k (``--window`` k, default 
 last day use what exists): ``smoother`` (linear smoother: VAR(1) in ``--smoother-rank`` EOFs, window BLUE, analytic
 spread; ``latentda.baselines.linear_smoother``), ``oi_window`` (space-time OI: the OI's spatial correlation x a
 temporal correlation fitted on the training years, advected by the mean zonal flow times a fitted factor;
-``latentda.baselines.space_time_oi``), ``oi_win_noadv`` (the same without advection) and ``latent_window``
+``latentda.baselines.space_time_oi``), ``oi_win_noadv`` (the same without advection), ``latent_window``
 (the windowed latent analysis with a window prior: ``--window-prior PATH``, or ``latentda.prior.add_window``
-fitted on the training years to the day prior).
+fitted on the training years to the day prior; representation error independent between days,
+``repr_time_correlation="none"``) and ``latent_window_rc`` (the same with the representation error AR(1) in time,
+the window prior's fitted ρ per variable, ``repr_time_correlation="fitted"``; the record counts the days on which
+each time model was actually used, ``repr_time_models``).
 
 How to run (from the repository root)::
 
@@ -88,8 +91,9 @@ HEADLINE = "air_temperature"
 TRAIN = ("2000-01-01", "2004-12-31")
 HELDOUT = ("2005-01-01", "2005-12-31")
 ALL_METHODS = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent", "smoother", "oi_window", "oi_win_noadv",
-               "latent_window")
-WINDOW_METHODS = ("smoother", "oi_window", "oi_win_noadv", "latent_window")
+               "latent_window", "latent_window_rc")
+WINDOW_METHODS = ("smoother", "oi_window", "oi_win_noadv", "latent_window", "latent_window_rc")
+LATENT_WINDOW = {"latent_window": "none", "latent_window_rc": "fitted"}  # method -> repr_time_correlation
 
 
 # -- data and fitted models ----------------------------------------------------------------------------------------
@@ -252,9 +256,10 @@ def run_method(name: str, models: dict, obs: pd.DataFrame, day, args, variant: d
     if name in ("oi_window", "oi_win_noadv"):
         return baselines.space_time_oi(models[name], obs, day, members=args.members, seed=args.seed,
                                        window=args.window)
-    if name == "latent_window":
+    if name in LATENT_WINDOW:
+        opts = dict(args.latent_options, repr_time_correlation=LATENT_WINDOW[name])
         return latentda.assimilate(models["window_prior"], obs, day, members=args.members, seed=args.seed,
-                                   keep_members=True, window=args.window, **args.latent_options)
+                                   keep_members=True, window=args.window, **opts)
     raise ValueError(f"unknown method {name!r}; choose from {ALL_METHODS}")
 
 
@@ -264,14 +269,14 @@ def members_of(name: str, args) -> int:
 
 
 def format_table(records: list[dict]) -> str:
-    hdr = (f"{'network':<10} {'n':>5} {'method':<15} {'M':>3} | {'T rmse':>7} {'T crps':>7} {'T ssr':>6} "
+    hdr = (f"{'network':<10} {'n':>5} {'method':<16} {'M':>3} | {'T rmse':>7} {'T crps':>7} {'T ssr':>6} "
            f"{'T cov':>6} {'T rank':>6} | {'all rmse':>8} {'all crps':>8} {'all ssr':>7} {'all cov':>7} "
            f"{'all rank':>8} | {'s/day':>7} {'iter':>5}")
     lines = [hdr, "-" * len(hdr)]
     for r in records:
         h, a = r["headline"], r["all_standardised"]
         m = str(r["members"]) if r["members"] else "-"
-        lines.append(f"{r['network']:<10} {r['stations']:>5} {r.get('label', r['method']):<15} {m:>3} | "
+        lines.append(f"{r['network']:<10} {r['stations']:>5} {r.get('label', r['method']):<16} {m:>3} | "
                      f"{h['rmse']:7.3f} {h['crps']:7.3f} {h['spread_skill']:6.2f} {h['coverage90']:6.2f} "
                      f"{h['rank_chi2']:6.3f} | {a['rmse']:8.3f} {a['crps']:8.3f} {a['spread_skill']:7.2f} "
                      f"{a['coverage90']:7.2f} {a['rank_chi2']:8.3f} | "
@@ -377,7 +382,7 @@ def main(argv=None) -> dict:
 
     models: dict = {}
     info: dict = {}
-    need_prior = any(m in args.methods for m in ("seed", "latent", "tsvd_eq", "latent_window"))
+    need_prior = any(m in args.methods for m in ("seed", "latent", "tsvd_eq", *LATENT_WINDOW))
     if need_prior:
         models["prior"], info["prior"] = train_or_load_prior(train, args)
         clim = models["prior"].climatology
@@ -398,7 +403,7 @@ def main(argv=None) -> dict:
                        "seconds": round(_time.perf_counter() - t0, 1)}
         print(f"pae prior: flow held-out NLL/dim {models['pae'].flow.fit_info.get('val_nll', float('nan')):.4f} "
               f"(N(0, I): {models['pae'].flow.fit_info.get('val_nll_gaussian', float('nan')):.4f})", flush=True)
-    if "latent_window" in args.methods:
+    if any(m in args.methods for m in LATENT_WINDOW):
         t0 = _time.perf_counter()
         if args.window_prior:
             models["window_prior"] = latentda.load_prior(args.window_prior, device=args.device)
@@ -411,6 +416,10 @@ def main(argv=None) -> dict:
                                 "seconds": round(_time.perf_counter() - t0, 1)}
         print(f"window prior: ±{models['window_prior'].window} days, one-day latent R² "
               f"{models['window_prior'].transition.info.get('one_day_r2', float('nan')):.3f}", flush=True)
+        rt = models["window_prior"].transition.info.get("repr_time")
+        if rt:
+            print("representation error in time (lag-1 / lag-2, training pairs): " + ", ".join(
+                f"{v} {l1:.3f} / {l2:.3f}" for v, l1, l2 in zip(rt["variables"], rt["lag1"], rt["lag2"])), flush=True)
     if "smoother" in args.methods:
         t0 = _time.perf_counter()
         models["smoother"] = baselines.fit_smoother(train, clim, VARIABLES, rank=args.smoother_rank)
@@ -470,7 +479,7 @@ def main(argv=None) -> dict:
             obs_all = sample_observations(heldout, stations, VARIABLES, errors=DEFAULT_ERRORS, seed=args.seed,
                                           times=obs_days)
             for method, variant in [(m, v) for m in args.methods for v in variants(m, args)]:
-                scores, secs, diags = [], [], []
+                scores, secs, diags, time_models = [], [], [], {}
                 for day in days:
                     k = args.window if method in WINDOW_METHODS else 0
                     lo, hi = pd.Timestamp(day) - pd.Timedelta(days=k), pd.Timestamp(day) + pd.Timedelta(days=k)
@@ -479,12 +488,15 @@ def main(argv=None) -> dict:
                     out = run_method(method, models, obs, pd.Timestamp(day), args, variant)
                     secs.append(_time.perf_counter() - t0)
                     scores.append(score_day(out, heldout, clim, pd.Timestamp(day)))
+                    tm = out.attrs.get("latentda:repr_time_correlation")
+                    if tm is not None:
+                        time_models[tm] = time_models.get(tm, 0) + 1
                     diags.append({k: float(out[k].values[0]) if k in out else float("nan") for k in
                                   ("obs_used", "fit_before", "fit_after", "iterations", "converged_fraction",
                                    "acceptance_rate", "ess")})
                 rec = {"network": kind, "stations": size, "method": method, "label": variant["label"],
                        "prior_kind": variant.get("prior"), "sampler": variant.get("sampler"),
-                       "members": members_of(method, args),
+                       "members": members_of(method, args), "repr_time_models": time_models or None,
                        **aggregate(scores, secs, diags)}
                 records.append(rec)
                 print(format_table([rec]).splitlines()[-1], flush=True)
