@@ -204,3 +204,34 @@ def test_window_checkpoints_keep_rho_and_old_ones_load_with_rho_zero(tmp_path, w
     assert old.transition.repr_rho is None and "rho = 0" in caplog.text
     with pytest.raises(ValueError, match=r"repr_rho \[1.2\] must be in \[0, 1\)"):
         LatentTransition(old.transition.A, old.transition.q_chol, repr_rho=[1.2])
+
+
+def test_window_r_is_the_schur_product_with_per_day_mode_blocks():
+    """R = R_o + (Ḡ Ḡᵀ) ∘ P + blockdiag(H_t M (H_t M)ᵀ): with ρ = 0 the per-day dense R_t on the diagonal and zero
+    between days; with ρ > 0 the smoother part between days is ρ^|s−t| times the same-day cross covariance, while
+    the residual modes stay within their day."""
+    from latentda.da.obs_covariance import DenseCovariance
+
+    grid = Grid.regular(4, 8)
+    rng = np.random.default_rng(3)
+    modes = torch.as_tensor(rng.standard_normal((3, 2, 4, 8)) * 0.3, dtype=torch.float32)
+    reps = [RepresentationError(grid, torch.full((2, 4, 8), 1.0 + 0.1 * t), 2000.0, modes=modes) for t in range(3)]
+    lat, lon, ch = np.array([10.0, -30.0, 50.0]), np.array([20.0, 100.0, 300.0]), np.array([0, 1, 0])
+    ops = [PointOperator(grid, lat, lon, ch, 2) for _ in range(3)]
+    sig = np.full(9, 0.5)
+    bounds = np.array([0, 3, 6, 9])
+    R = {r: (lambda c: c.chol @ c.chol.T)(WindowReprCovariance(reps, ops, sig, bounds, np.array([r, r])))
+         for r in (0.0, 0.5)}
+    day = [DenseCovariance(reps[t], ops[t], sig[:3]) for t in range(3)]
+    for t in range(3):
+        sl = slice(3 * t, 3 * t + 3)
+        torch.testing.assert_close(R[0.0][sl, sl], day[t].chol @ day[t].chol.T, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(R[0.5][sl, sl], R[0.0][sl, sl], rtol=1e-9, atol=1e-9)
+    assert float(R[0.0][:3, 3:].abs().max()) < 1e-12
+    g = [reps[t].at_observations(ops[t], covariance=False) for t in range(3)]
+    for s, t in ((0, 1), (0, 2), (1, 2)):
+        cross = torch.zeros((3, 3), dtype=torch.float64)
+        for c, rows in g[s].rows.items():  # same channel only, no modes between days
+            cross[rows[:, None], g[t].rows[c][None, :]] = g[s].gt[c].double() @ g[t].gt[c].double().T
+        torch.testing.assert_close(R[0.5][3 * s:3 * s + 3, 3 * t:3 * t + 3], 0.5 ** (t - s) * cross,
+                                   rtol=1e-6, atol=1e-9)
