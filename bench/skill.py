@@ -5,7 +5,9 @@ Truth = the held-out year (2005) of the shipped Held-Suarez data (catalog entry 
 ``catalogs/demo.yaml``); training years 2000-2004 fit the VAE prior (or ``--prior PATH`` loads one), the OI
 correlation model and the TSVD modes. For each network kind (random, clustered: ``latentda.sim.stations``) and
 size (25, 100, 400, 1600 stations) pseudo-observations of all four variables are drawn from the truth with the
-station errors ``DEFAULT_ERRORS`` (1 K, 1.5 m/s, 100 Pa), and every method analyses each evaluation day.
+station errors ``DEFAULT_ERRORS`` (1 K, 1.5 m/s, 100 Pa), and every method analyses each evaluation day. The
+stations are the same every day, or with ``--moving-network`` each day draws its own network of the same kind and
+size (what changes for the window methods: a neighbouring day then observes other places).
 
 Scores per (network, method), averaged over the evaluation days (``latentda.metrics``, WeatherBench2 conventions):
 RMSE (latitude-weighted, per day then averaged), CRPS (fair ensemble CRPS from the members of ensemble methods;
@@ -332,6 +334,9 @@ def parse_args(argv=None):
                    help="half-width k (days) of the window methods smoother and latent_window")
     p.add_argument("--window-prior", default=None,
                    help="window prior checkpoint for latent_window (default: latentda.prior.add_window on the prior)")
+    p.add_argument("--moving-network", action="store_true",
+                   help="draw a new network of the same kind and size for every observation day (seed + the day's "
+                        "ordinal): stations that move from day to day, like ships and aircraft; default: fixed")
     p.add_argument("--smoother-rank", type=int, default=128, help="EOFs of the linear smoother's VAR(1)")
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--prior-epochs", type=int, default=None)
@@ -475,9 +480,14 @@ def main(argv=None) -> dict:
     records = []
     for kind in args.kinds:
         for size in args.sizes:
-            stations = network(kind, size, args.seed)
-            obs_all = sample_observations(heldout, stations, VARIABLES, errors=DEFAULT_ERRORS, seed=args.seed,
-                                          times=obs_days)
+            if args.moving_network:  # each day its own stations (seed + the day's ordinal), same kind and size
+                obs_all = pd.concat([sample_observations(heldout, network(kind, size, args.seed + pd.Timestamp(t)
+                                                                          .toordinal()), VARIABLES,
+                                                         errors=DEFAULT_ERRORS, seed=args.seed, times=[t])
+                                     for t in obs_days], ignore_index=True)
+            else:
+                obs_all = sample_observations(heldout, network(kind, size, args.seed), VARIABLES,
+                                              errors=DEFAULT_ERRORS, seed=args.seed, times=obs_days)
             for method, variant in [(m, v) for m in args.methods for v in variants(m, args)]:
                 scores, secs, diags, time_models = [], [], [], {}
                 for day in days:
@@ -494,7 +504,7 @@ def main(argv=None) -> dict:
                     diags.append({k: float(out[k].values[0]) if k in out else float("nan") for k in
                                   ("obs_used", "fit_before", "fit_after", "iterations", "converged_fraction",
                                    "acceptance_rate", "ess")})
-                rec = {"network": kind, "stations": size, "method": method, "label": variant["label"],
+                rec = {"network": f"{kind}-moving" if args.moving_network else kind, "stations": size, "method": method, "label": variant["label"],
                        "prior_kind": variant.get("prior"), "sampler": variant.get("sampler"),
                        "members": members_of(method, args), "repr_time_models": time_models or None,
                        **aggregate(scores, secs, diags)}
