@@ -208,6 +208,7 @@ def aggregate(day_scores: list[dict], seconds: list[float], diags: list[dict]) -
             ranks = np.sum([r["ranks"] for r in rows], axis=0) if "ranks" in rows[0] else None
             per_var[v] = {
                 "rmse": float(np.mean(np.sqrt(mse))),
+                "rmse_per_day": np.sqrt(mse).tolist(),  # for paired comparisons of methods on the same days
                 "bias": float(np.mean([r["bias"] for r in rows])),
                 "crps": float(np.mean([r["crps"] for r in rows])),
                 "spread_skill": float(np.sqrt(np.mean([r["var"] for r in rows]))
