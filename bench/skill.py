@@ -505,7 +505,8 @@ def main(argv=None) -> dict:
                     diags.append({k: float(out[k].values[0]) if k in out else float("nan") for k in
                                   ("obs_used", "fit_before", "fit_after", "iterations", "converged_fraction",
                                    "acceptance_rate", "ess")})
-                rec = {"network": f"{kind}-moving" if args.moving_network else kind, "stations": size, "method": method, "label": variant["label"],
+                rec = {"network": f"{kind}-moving" if args.moving_network else kind, "stations": size,
+                       "method": method, "label": variant["label"],
                        "prior_kind": variant.get("prior"), "sampler": variant.get("sampler"),
                        "members": members_of(method, args), "repr_time_models": time_models or None,
                        **aggregate(scores, secs, diags)}

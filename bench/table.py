@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent", "smoother", "oi_window", "oi_win_noadv", "latent_window",
-         "latent_window_rc")
+ORDER = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent", "smoother", "oi_window", "oi_win_noadv",
+         "latent_window", "latent_window_rc")
 
 
 def rows(records: list[dict], labels: dict[str, str], digits: int = 2) -> list[str]:
@@ -29,8 +29,8 @@ def rows(records: list[dict], labels: dict[str, str], digits: int = 2) -> list[s
     for r in sorted(records, key=key):
         h, a = r["headline"], r["all_standardised"]
         out.append(f"| {r['network']} | {r['stations']} | {labels.get(r['method'], r['method'])} | "
-                   f"{h['rmse']:.{digits}f} | {h['crps']:.{digits}f} | {h['spread_skill']:.2f} | {h['coverage90']:.2f} | "
-                   f"{a['rmse']:.3f} | "
+                   f"{h['rmse']:.{digits}f} | {h['crps']:.{digits}f} | {h['spread_skill']:.2f} | "
+                   f"{h['coverage90']:.2f} | {a['rmse']:.3f} | "
                    f"{a['crps']:.3f} | {r['seconds_per_day']:.2f} |")
     return out
 

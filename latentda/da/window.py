@@ -24,9 +24,9 @@ day) when the representation error is independent between days, or the dense win
 :class:`~latentda.da.window_covariance.WindowReprCovariance` when it is AR(1) in time (where the dense form is not
 allowed, :func:`~latentda.da.window_covariance.correlated_form`, the analysis falls back to independent days,
 logged; the attribute ``repr_time_correlation`` says which model was used); then the exact conditional update of
-every day's eta, and the centre day d is returned in the per-day layout. With k = 0 the window latent is the day latent and every step is the per-day one (the day's own
-covariance object, the same helpers of :mod:`latentda.da.rto`): the output is bit-identical to
-:func:`latentda.da.rto.assimilate`.
+every day's eta, and the centre day d is returned in the per-day layout. With k = 0 the window latent is the day
+latent and every step is the per-day one (the day's own covariance object, the same helpers of
+:mod:`latentda.da.rto`): the output is bit-identical to :func:`latentda.da.rto.assimilate`.
 
 Cost: the decoder runs on T latents per member (T times the per-day work per iteration); the Gauss-Newton
 preconditioner differentiates each day's decoder separately (T (d + 1) decodes, not T (T d + 1)) and applies the

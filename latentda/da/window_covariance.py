@@ -129,7 +129,7 @@ class WindowReprCovariance(CholeskyCovariance):
     def increment(self, v: torch.Tensor) -> torch.Tensor:
         """Cov(eta, H eta) v for weights v (B, n) -> (B, T C, nlat, nlon), dtype of v: day t gets
         Σ_s ρ_c^|t−s| D_t S G_{s,c}ᵀ v_s per channel plus M (H_t M)ᵀ v_t."""
-        B, C, T = v.shape[0], self.nchannels, self.days
+        B, C = v.shape[0], self.nchannels
         nlat, nlon = self.reps[0].grid.shape
         # Gᵀ v of each (day s, channel c), (B, npts)
         proj = {(s, c): v[:, self.bounds[s] + r] @ o.gt[c] for s, o in enumerate(self.obs_reps) if o is not None
