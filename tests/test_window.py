@@ -175,6 +175,8 @@ def test_train_prior_with_window_fits_a_transition(fields):
     assert prior.window == 1 and prior.transition.latent_dim == prior.latent_dim
     info = prior.transition.info
     assert info["pairs_train"] > 300 and np.isfinite(info["one_day_r2"])
+    # and the representation error's correlation in time, per variable, from the same training pairs
+    assert prior.transition.repr_rho.shape == (2,) and info["repr_time"]["pairs_lag1"] == info["pairs_train"]
 
 
 def test_window_helpers(fields):
