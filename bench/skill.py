@@ -5,7 +5,9 @@ Truth = the held-out year (2005) of the shipped Held-Suarez data (catalog entry 
 ``catalogs/demo.yaml``); training years 2000-2004 fit the VAE prior (or ``--prior PATH`` loads one), the OI
 correlation model and the TSVD modes. For each network kind (random, clustered: ``latentda.sim.stations``) and
 size (25, 100, 400, 1600 stations) pseudo-observations of all four variables are drawn from the truth with the
-station errors ``DEFAULT_ERRORS`` (1 K, 1.5 m/s, 100 Pa), and every method analyses each evaluation day.
+station errors ``DEFAULT_ERRORS`` (1 K, 1.5 m/s, 100 Pa), and every method analyses each evaluation day. The
+stations are the same every day, or with ``--moving-network`` each day draws its own network of the same kind and
+size (what changes for the window methods: a neighbouring day then observes other places).
 
 Scores per (network, method), averaged over the evaluation days (``latentda.metrics``, WeatherBench2 conventions):
 RMSE (latitude-weighted, per day then averaged), CRPS (fair ensemble CRPS from the members of ensemble methods;
@@ -26,9 +28,12 @@ also see the observations of the days d − k .. d + k (``--window`` k, default 
 last day use what exists): ``smoother`` (linear smoother: VAR(1) in ``--smoother-rank`` EOFs, window BLUE, analytic
 spread; ``latentda.baselines.linear_smoother``), ``oi_window`` (space-time OI: the OI's spatial correlation x a
 temporal correlation fitted on the training years, advected by the mean zonal flow times a fitted factor;
-``latentda.baselines.space_time_oi``), ``oi_win_noadv`` (the same without advection) and ``latent_window``
+``latentda.baselines.space_time_oi``), ``oi_win_noadv`` (the same without advection), ``latent_window``
 (the windowed latent analysis with a window prior: ``--window-prior PATH``, or ``latentda.prior.add_window``
-fitted on the training years to the day prior).
+fitted on the training years to the day prior; representation error independent between days,
+``repr_time_correlation="none"``) and ``latent_window_rc`` (the same with the representation error AR(1) in time,
+the window prior's fitted ρ per variable, ``repr_time_correlation="fitted"``; the record counts the days on which
+each time model was actually used, ``repr_time_models``).
 
 How to run (from the repository root)::
 
@@ -88,8 +93,9 @@ HEADLINE = "air_temperature"
 TRAIN = ("2000-01-01", "2004-12-31")
 HELDOUT = ("2005-01-01", "2005-12-31")
 ALL_METHODS = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent", "smoother", "oi_window", "oi_win_noadv",
-               "latent_window")
-WINDOW_METHODS = ("smoother", "oi_window", "oi_win_noadv", "latent_window")
+               "latent_window", "latent_window_rc")
+WINDOW_METHODS = ("smoother", "oi_window", "oi_win_noadv", "latent_window", "latent_window_rc")
+LATENT_WINDOW = {"latent_window": "none", "latent_window_rc": "fitted"}  # method -> repr_time_correlation
 
 
 # -- data and fitted models ----------------------------------------------------------------------------------------
@@ -202,6 +208,7 @@ def aggregate(day_scores: list[dict], seconds: list[float], diags: list[dict]) -
             ranks = np.sum([r["ranks"] for r in rows], axis=0) if "ranks" in rows[0] else None
             per_var[v] = {
                 "rmse": float(np.mean(np.sqrt(mse))),
+                "rmse_per_day": np.sqrt(mse).tolist(),  # for paired comparisons of methods on the same days
                 "bias": float(np.mean([r["bias"] for r in rows])),
                 "crps": float(np.mean([r["crps"] for r in rows])),
                 "spread_skill": float(np.sqrt(np.mean([r["var"] for r in rows]))
@@ -252,9 +259,10 @@ def run_method(name: str, models: dict, obs: pd.DataFrame, day, args, variant: d
     if name in ("oi_window", "oi_win_noadv"):
         return baselines.space_time_oi(models[name], obs, day, members=args.members, seed=args.seed,
                                        window=args.window)
-    if name == "latent_window":
+    if name in LATENT_WINDOW:
+        opts = dict(args.latent_options, repr_time_correlation=LATENT_WINDOW[name])
         return latentda.assimilate(models["window_prior"], obs, day, members=args.members, seed=args.seed,
-                                   keep_members=True, window=args.window, **args.latent_options)
+                                   keep_members=True, window=args.window, **opts)
     raise ValueError(f"unknown method {name!r}; choose from {ALL_METHODS}")
 
 
@@ -264,14 +272,14 @@ def members_of(name: str, args) -> int:
 
 
 def format_table(records: list[dict]) -> str:
-    hdr = (f"{'network':<10} {'n':>5} {'method':<15} {'M':>3} | {'T rmse':>7} {'T crps':>7} {'T ssr':>6} "
+    hdr = (f"{'network':<10} {'n':>5} {'method':<16} {'M':>3} | {'T rmse':>7} {'T crps':>7} {'T ssr':>6} "
            f"{'T cov':>6} {'T rank':>6} | {'all rmse':>8} {'all crps':>8} {'all ssr':>7} {'all cov':>7} "
            f"{'all rank':>8} | {'s/day':>7} {'iter':>5}")
     lines = [hdr, "-" * len(hdr)]
     for r in records:
         h, a = r["headline"], r["all_standardised"]
         m = str(r["members"]) if r["members"] else "-"
-        lines.append(f"{r['network']:<10} {r['stations']:>5} {r.get('label', r['method']):<15} {m:>3} | "
+        lines.append(f"{r['network']:<10} {r['stations']:>5} {r.get('label', r['method']):<16} {m:>3} | "
                      f"{h['rmse']:7.3f} {h['crps']:7.3f} {h['spread_skill']:6.2f} {h['coverage90']:6.2f} "
                      f"{h['rank_chi2']:6.3f} | {a['rmse']:8.3f} {a['crps']:8.3f} {a['spread_skill']:7.2f} "
                      f"{a['coverage90']:7.2f} {a['rank_chi2']:8.3f} | "
@@ -327,6 +335,9 @@ def parse_args(argv=None):
                    help="half-width k (days) of the window methods smoother and latent_window")
     p.add_argument("--window-prior", default=None,
                    help="window prior checkpoint for latent_window (default: latentda.prior.add_window on the prior)")
+    p.add_argument("--moving-network", action="store_true",
+                   help="draw a new network of the same kind and size for every observation day (seed + the day's "
+                        "ordinal): stations that move from day to day, like ships and aircraft; default: fixed")
     p.add_argument("--smoother-rank", type=int, default=128, help="EOFs of the linear smoother's VAR(1)")
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--prior-epochs", type=int, default=None)
@@ -377,7 +388,7 @@ def main(argv=None) -> dict:
 
     models: dict = {}
     info: dict = {}
-    need_prior = any(m in args.methods for m in ("seed", "latent", "tsvd_eq", "latent_window"))
+    need_prior = any(m in args.methods for m in ("seed", "latent", "tsvd_eq", *LATENT_WINDOW))
     if need_prior:
         models["prior"], info["prior"] = train_or_load_prior(train, args)
         clim = models["prior"].climatology
@@ -398,7 +409,7 @@ def main(argv=None) -> dict:
                        "seconds": round(_time.perf_counter() - t0, 1)}
         print(f"pae prior: flow held-out NLL/dim {models['pae'].flow.fit_info.get('val_nll', float('nan')):.4f} "
               f"(N(0, I): {models['pae'].flow.fit_info.get('val_nll_gaussian', float('nan')):.4f})", flush=True)
-    if "latent_window" in args.methods:
+    if any(m in args.methods for m in LATENT_WINDOW):
         t0 = _time.perf_counter()
         if args.window_prior:
             models["window_prior"] = latentda.load_prior(args.window_prior, device=args.device)
@@ -411,6 +422,10 @@ def main(argv=None) -> dict:
                                 "seconds": round(_time.perf_counter() - t0, 1)}
         print(f"window prior: ±{models['window_prior'].window} days, one-day latent R² "
               f"{models['window_prior'].transition.info.get('one_day_r2', float('nan')):.3f}", flush=True)
+        rt = models["window_prior"].transition.info.get("repr_time")
+        if rt:
+            print("representation error in time (lag-1 / lag-2, training pairs): " + ", ".join(
+                f"{v} {l1:.3f} / {l2:.3f}" for v, l1, l2 in zip(rt["variables"], rt["lag1"], rt["lag2"])), flush=True)
     if "smoother" in args.methods:
         t0 = _time.perf_counter()
         models["smoother"] = baselines.fit_smoother(train, clim, VARIABLES, rank=args.smoother_rank)
@@ -466,11 +481,16 @@ def main(argv=None) -> dict:
     records = []
     for kind in args.kinds:
         for size in args.sizes:
-            stations = network(kind, size, args.seed)
-            obs_all = sample_observations(heldout, stations, VARIABLES, errors=DEFAULT_ERRORS, seed=args.seed,
-                                          times=obs_days)
+            if args.moving_network:  # each day its own stations (seed + the day's ordinal), same kind and size
+                obs_all = pd.concat([sample_observations(heldout, network(kind, size, args.seed + pd.Timestamp(t)
+                                                                          .toordinal()), VARIABLES,
+                                                         errors=DEFAULT_ERRORS, seed=args.seed, times=[t])
+                                     for t in obs_days], ignore_index=True)
+            else:
+                obs_all = sample_observations(heldout, network(kind, size, args.seed), VARIABLES,
+                                              errors=DEFAULT_ERRORS, seed=args.seed, times=obs_days)
             for method, variant in [(m, v) for m in args.methods for v in variants(m, args)]:
-                scores, secs, diags = [], [], []
+                scores, secs, diags, time_models = [], [], [], {}
                 for day in days:
                     k = args.window if method in WINDOW_METHODS else 0
                     lo, hi = pd.Timestamp(day) - pd.Timedelta(days=k), pd.Timestamp(day) + pd.Timedelta(days=k)
@@ -479,12 +499,16 @@ def main(argv=None) -> dict:
                     out = run_method(method, models, obs, pd.Timestamp(day), args, variant)
                     secs.append(_time.perf_counter() - t0)
                     scores.append(score_day(out, heldout, clim, pd.Timestamp(day)))
+                    tm = out.attrs.get("latentda:repr_time_correlation")
+                    if tm is not None:
+                        time_models[tm] = time_models.get(tm, 0) + 1
                     diags.append({k: float(out[k].values[0]) if k in out else float("nan") for k in
                                   ("obs_used", "fit_before", "fit_after", "iterations", "converged_fraction",
                                    "acceptance_rate", "ess")})
-                rec = {"network": kind, "stations": size, "method": method, "label": variant["label"],
+                rec = {"network": f"{kind}-moving" if args.moving_network else kind, "stations": size,
+                       "method": method, "label": variant["label"],
                        "prior_kind": variant.get("prior"), "sampler": variant.get("sampler"),
-                       "members": members_of(method, args),
+                       "members": members_of(method, args), "repr_time_models": time_models or None,
                        **aggregate(scores, secs, diags)}
                 records.append(rec)
                 print(format_table([rec]).splitlines()[-1], flush=True)

@@ -15,10 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent")
+ORDER = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent", "smoother", "oi_window", "oi_win_noadv",
+         "latent_window", "latent_window_rc")
 
 
-def rows(records: list[dict], labels: dict[str, str]) -> list[str]:
+def rows(records: list[dict], labels: dict[str, str], digits: int = 2) -> list[str]:
     def key(r):
         m = r["method"]
         return (r["network"], r["stations"], ORDER.index(m) if m in ORDER else len(ORDER), labels.get(m, m))
@@ -27,8 +28,9 @@ def rows(records: list[dict], labels: dict[str, str]) -> list[str]:
            "| s/day |", "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(records, key=key):
         h, a = r["headline"], r["all_standardised"]
-        out.append(f"| {r['network']} | {r['stations']} | {labels.get(r['method'], r['method'])} | {h['rmse']:.2f} | "
-                   f"{h['crps']:.2f} | {h['spread_skill']:.2f} | {h['coverage90']:.2f} | {a['rmse']:.3f} | "
+        out.append(f"| {r['network']} | {r['stations']} | {labels.get(r['method'], r['method'])} | "
+                   f"{h['rmse']:.{digits}f} | {h['crps']:.{digits}f} | {h['spread_skill']:.2f} | "
+                   f"{h['coverage90']:.2f} | {a['rmse']:.3f} | "
                    f"{a['crps']:.3f} | {r['seconds_per_day']:.2f} |")
     return out
 
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("json", nargs="+", help="bench/skill.py --out files; a file may be given as PATH:PREFIX "
                                            "to prefix its method names (e.g. out/iso.json:iso-)")
     p.add_argument("--label", action="append", default=[], help="METHOD=LABEL renaming a method in the table")
+    p.add_argument("--digits", type=int, default=2, help="decimals of the air-temperature RMSE and CRPS (K)")
     a = p.parse_args(argv)
     labels = dict(item.split("=", 1) for item in a.label)
     records = []
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         path, _, prefix = spec.partition(":")
         for r in json.loads(Path(path).read_text())["records"]:
             records.append(dict(r, method=prefix + r["method"]))
-    print("\n".join(rows(records, labels)))
+    print("\n".join(rows(records, labels, a.digits)))
     return 0
 
 

@@ -58,12 +58,14 @@ def test_window_zero_is_bit_identical_to_the_per_day_analysis(fields, options):
 
 
 def test_window_covariance_forms_agree(fields, window_prior):
-    """Each day's R_t of the block-diagonal window R in the dense ("obs") or grid-space Woodbury ("grid") form:
-    the same analysis to round-off (the signed whitening of the grid blocks concatenates across days)."""
+    """Each day's R_t of the block-diagonal window R (representation error independent between days) in the dense
+    ("obs") or grid-space Woodbury ("grid") form: the same analysis to round-off (the signed whitening of the grid
+    blocks concatenates across days)."""
     day = fields.time.values[120]
     obs = synthetic_observations(fields, n=15, seed=4, time=fields.time.values[[119, 121]])  # none on day d
     runs = {form: latentda.assimilate(window_prior, obs, day, members=4, seed=2, keep_members=True,
-                                      covariance_form=form, tol=1e-3) for form in ("obs", "grid")}
+                                      covariance_form=form, tol=1e-3, repr_time_correlation="none")
+            for form in ("obs", "grid")}
     assert int(runs["grid"]["window_days_observed"][0]) == 2
     for v in ("air_temperature", "eastward_wind"):
         np.testing.assert_allclose(runs["grid"][f"{v}_members"].values, runs["obs"][f"{v}_members"].values,
@@ -173,6 +175,8 @@ def test_train_prior_with_window_fits_a_transition(fields):
     assert prior.window == 1 and prior.transition.latent_dim == prior.latent_dim
     info = prior.transition.info
     assert info["pairs_train"] > 300 and np.isfinite(info["one_day_r2"])
+    # and the representation error's correlation in time, per variable, from the same training pairs
+    assert prior.transition.repr_rho.shape == (2,) and info["repr_time"]["pairs_lag1"] == info["pairs_train"]
 
 
 def test_window_helpers(fields):

@@ -57,6 +57,10 @@ class AssimilationOptions(BaseModel):
         None, ge=0, description="half-width k in days of the assimilation window [d - k, d + k] "
                                 "(latentda.da.window); None: the prior's (0 for a day prior, PriorConfig.window "
                                 "for a window prior); k >= 1 needs a window prior")
+    repr_time_correlation: Literal["fitted", "none"] = Field(
+        "fitted", description="window analysis (k >= 1): the representation error AR(1) in time per variable with "
+                              "the window prior's fitted rho ('fitted'; a prior without it: rho = 0) or independent "
+                              "between days ('none'); latentda.da.window_covariance")
     # -- posterior samplers (latentda.da.samplers; issue 12) --------------------------------------------------
     sampler: str = Field("rto", description="'rto' (randomise-then-optimise), 'laplace' (Gaussian at the MAP, "
                                             "Gauss-Newton covariance) or 'langevin' (MALA from the MAP)")

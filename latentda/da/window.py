@@ -5,7 +5,10 @@ Model (the per-day model of :mod:`latentda.da.rto` on every day t of the window,
 latent transition, :mod:`latentda.prior.transition`)::
 
     z_{d−k} = ξ_0,  z_t = A z_{t−1} + L_q ξ_t,  ξ ~ N(0, I_{T d}),  T = 2k + 1
-    x_t = g(z_t) + eta_t,   eta_t independent per day (latentda.da.ensemble)
+    x_t = g(z_t) + eta_t,   eta_t the per-day model (latentda.da.ensemble) on each day, AR(1) in time per variable:
+                            Cov(eta_s^c, eta_t^c) = ρ_c^|s−t| D_c,s S Sᵀ D_c,t (latentda.da.window_covariance;
+                            ρ_c the window prior's, option repr_time_correlation="fitted"; "none" or ρ = 0:
+                            independent between days)
     y_t = H_t x_t + eps_t,  eps_t ~ N(0, R_o,t)
 
 Randomise: member m draws ξ_p,m (day t's block from the latent stream of day t), eta_p,t,m and eps_t,m (the streams
@@ -17,10 +20,13 @@ through the decoder)::
 (each observation row against its own day), i.e. :class:`~latentda.da.cost.LatentCost` of the window generator
 ξ -> (g(z_{d−k}), ..., g(z_{d+k})) stacked as T·C channels with a block-diagonal R
 (:class:`~latentda.da.obs_covariance.BlockCovariance`: each day's R_t in the form ``covariance_form`` picks for that
-day); then the exact conditional update of every day's eta, and the centre day d is returned in the per-day
-layout. With k = 0 the window latent is the day latent and every step is the per-day one (the day's own
-covariance object, the same helpers of :mod:`latentda.da.rto`): the output is bit-identical to
-:func:`latentda.da.rto.assimilate`.
+day) when the representation error is independent between days, or the dense window R of
+:class:`~latentda.da.window_covariance.WindowReprCovariance` when it is AR(1) in time (where the dense form is not
+allowed, :func:`~latentda.da.window_covariance.correlated_form`, the analysis falls back to independent days,
+logged; the attribute ``repr_time_correlation`` says which model was used); then the exact conditional update of
+every day's eta, and the centre day d is returned in the per-day layout. With k = 0 the window latent is the day
+latent and every step is the per-day one (the day's own covariance object, the same helpers of
+:mod:`latentda.da.rto`): the output is bit-identical to :func:`latentda.da.rto.assimilate`.
 
 Cost: the decoder runs on T latents per member (T times the per-day work per iteration); the Gauss-Newton
 preconditioner differentiates each day's decoder separately (T (d + 1) decodes, not T (T d + 1)) and applies the
@@ -46,6 +52,7 @@ from .cost import LatentCost
 from .ensemble import STREAM_LATENT, day_ordinal, member_normals
 from .obs_covariance import BlockCovariance, observation_covariance
 from .options import AssimilationOptions, as_options
+from .window_covariance import WindowReprCovariance, correlated_form, draw_window_eta, prior_rho
 from .rto import (QC_SAMPLE, _check_ensemble, _strict_float32, analyse_members, draw_eta, obs_perturbations,
                   reject_gross, representation_error, run_attrs, solution_diagnostics)
 from . import rto
@@ -177,12 +184,12 @@ def _day_rows(table: pd.DataFrame, day: pd.Timestamp) -> pd.DataFrame:
     return table[(row_days(table, strict=False) == day).to_numpy()].reset_index(drop=True)
 
 
-def _prior_draws(reps, ordinals, seed: int, members: int, q: int, latent_dim: int, shape, dev):
-    """ξ_p (q, T d), eta_p (members, T C, nlat, nlon) from the streams of each window day."""
-    xi = torch.cat([torch.as_tensor(member_normals(seed, o, STREAM_LATENT, q, (latent_dim,)), device=dev)
-                    for o in ordinals], dim=1)
-    eta = torch.cat([draw_eta(rep, seed, o, members, shape, dev) for rep, o in zip(reps, ordinals)], dim=1)
-    return xi, eta
+def _prior_eta(reps, ordinals, seed: int, members: int, shape, dev, rho: np.ndarray | None) -> torch.Tensor:
+    """eta_p (members, T C, nlat, nlon) from the streams of each window day: independent between days
+    (``rho=None``) or AR(1) in time (:func:`latentda.da.window_covariance.draw_window_eta`)."""
+    if rho is None:
+        return torch.cat([draw_eta(rep, seed, o, members, shape, dev) for rep, o in zip(reps, ordinals)], dim=1)
+    return draw_window_eta(reps, seed, ordinals, members, shape, dev, rho)
 
 
 def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members: int, seed: int, *,
@@ -219,13 +226,13 @@ def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members:
                                chan[rows].astype(np.int64), day_index, C, T if day_index is not None else 1)
 
     q = max(members, QC_SAMPLE) if usable.size else members
-    xi_all, eta_p = _prior_draws(reps, ordinals, seed, members, q, int(prior.latent_dim), (C, *grid.shape), dev)
+    xi_all = torch.cat([torch.as_tensor(member_normals(seed, o, STREAM_LATENT, q, (int(prior.latent_dim),)),
+                                        device=dev) for o in ordinals], dim=1)  # ξ_p (q, T d)
     xi_p = xi_all[:members]
     mean_w, std_w = torch.cat(means), torch.cat(stds)  # (T C, nlat, nlon)
     with torch.no_grad():
         xg_all = gen.decode(xi_all) * std_w + mean_w  # (Q, T C, nlat, nlon) physical
         xb_g = xg_all[:members]
-        xb = xb_g + eta_p if mode == "augmented" else xb_g
 
     # -- per-day rows, gross-departure check of each day against its own prior draws ----------------------------
     rows_by_day = []
@@ -237,8 +244,23 @@ def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members:
         rows_by_day.append(rows)
     used = np.concatenate(rows_by_day)
 
+    # -- the representation error in time: AR(1) with the prior's ρ where the dense window R can be built --------
+    rho = prior_rho(prior, opts.repr_time_correlation, T) if mode != "none" else None
+    time_model = "ar1" if rho is not None else "independent"
+    if rho is not None and used.size:
+        dense, why = correlated_form(int(used.size), opts.covariance_form)
+        if not dense:
+            log.info("%s: representation error independent between days (not AR(1) in time): %s", day.date(), why)
+            rho, time_model = None, f"independent (fallback: {why})"
+    with torch.no_grad():
+        eta_p = _prior_eta(reps, ordinals, seed, members, (C, *grid.shape), dev, rho)
+        xb = xb_g + eta_p if mode == "augmented" else xb_g
+
     counts = _qc.qc_counts(table)
     attrs = {**run_attrs(prior, members, seed, opts, reps[0], length_km), "window": int(k)}
+    if k:
+        attrs.update(repr_time_correlation=time_model,
+                     repr_time_rho=None if rho is None else dict(zip(variables, map(float, rho))))
     diag: dict[str, float] = {"obs_used": int(used.size), "obs_rejected": _qc.rejected_count(table),
                               **window_coverage(observations, days)}
     csl = slice(centre * C, (centre + 1) * C)
@@ -260,7 +282,10 @@ def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members:
     eps = torch.cat([obs_perturbations(seed, ordinals[t], members, sigma[sl], opts.perturb_obs)
                      for t, sl in enumerate(sls)], dim=1)
     rcov = None
-    if mode != "none":
+    if rho is not None:  # the dense window R with the AR(1) representation error (used rows only)
+        rcov = WindowReprCovariance(reps, [build(rows) if rows.size else None for rows in rows_by_day], sig64,
+                                    bounds, rho)
+    elif mode != "none":
         # each day's R_t from its used rows only (rejected rows cannot change a bit), in that day's cheaper form
         blocks = [observation_covariance(reps[t], build(rows), sig64[sls[t]], members, opts.covariance_form)
                   if rows.size else None for t, rows in enumerate(rows_by_day)]
@@ -270,12 +295,12 @@ def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members:
 
     obs_term = dict(covariance=rcov) if rcov is not None else dict(sigma=sigma)
     cost = WindowCost(gen, op, mean_w, std_w, xi_p, target, **obs_term)
-    xa, res, mode_iterations = analyse_members(cost, eta_p, y64, opts, day)  # eta update block by block
+    xa, res, mode_iterations = analyse_members(cost, eta_p, y64, opts, day)  # every day's eta updated
     diag.update(solution_diagnostics(op, xa, xb, y64, sig64, res))
-    log.info("%s: window ±%d, %d obs used on %d day(s), %d rejected, fit %.3f -> %.3f, %d iterations (%d "
-             "evaluations; mode %d), %.0f%% converged, %.2f s", day.date(), k, used.size,
-             sum(r.size > 0 for r in rows_by_day), diag["obs_rejected"], diag["fit_before"], diag["fit_after"],
-             diag["iterations"], res.evaluations, mode_iterations, 100 * diag["converged_fraction"],
+    log.info("%s: window ±%d, %d obs used on %d day(s) (representation error %s in time), %d rejected, fit %.3f "
+             "-> %.3f, %d iterations (%d evaluations; mode %d), %.0f%% converged, %.2f s", day.date(), k, used.size,
+             sum(r.size > 0 for r in rows_by_day), time_model, diag["obs_rejected"], diag["fit_before"],
+             diag["fit_after"], diag["iterations"], res.evaluations, mode_iterations, 100 * diag["converged_fraction"],
              _time.perf_counter() - t_start)
     xa_c = xa[:, csl].cpu().numpy()
     return (analysis_dataset(xa_c, variables, grid, day, diag, method, counts, var_attrs=prior.var_attrs,

@@ -23,8 +23,10 @@ recon_modes       optional, float32 (k, C, nlat, nlon): leading residual modes, 
                   (:mod:`latentda.prior.residual`); absent in priors trained without them
 transition        optional, {"A", "q_chol"}: float64 (d, d) latent transition of a window prior
                   (:mod:`latentda.prior.transition`; ``config.window`` >= 1; its fit statistics are
-                  ``meta_json["transition_info"]``); absent in day priors (``config.window`` = 0, the default, also
-                  for checkpoints written before windows existed)
+                  ``meta_json["transition_info"]``), and "repr_rho": float64 (C,) the representation error's AR(1)
+                  coefficient in time per variable (:mod:`latentda.prior.repr_time`; absent in window priors written
+                  before it was fitted: loaded as None, ρ = 0); absent in day priors (``config.window`` = 0, the
+                  default, also for checkpoints written before windows existed)
 flow              optional, {name: float32 tensor}: the latent flow z = f(u) of a flow prior
                   (:mod:`latentda.prior.flow`; ``config.flow_prior``; architecture, flow format version and fit
                   statistics in ``meta_json["flow_info"]``); absent in VAE priors

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import zipfile
 
 import numpy as np
@@ -21,6 +22,8 @@ from .transition import LatentTransition
 from .vae import ConvVAE
 
 __all__ = ["checkpoint_from_bytes", "prior_from_checkpoint", "load_prior"]
+
+log = logging.getLogger(__name__)
 
 
 def _refuse(path: str, why: str) -> ValueError:
@@ -92,7 +95,13 @@ def _transition(ckpt: dict, meta: dict) -> LatentTransition | None:
     if "transition" not in ckpt:
         return None
     tr = ckpt["transition"]
-    return LatentTransition(tr["A"].numpy(), tr["q_chol"].numpy(), meta.get("transition_info", {}))
+    rho = tr.get("repr_rho")
+    if rho is None:
+        log.info("window prior checkpoint without the representation error's correlation in time (written before "
+                 "it was fitted): the window analysis takes it independent between days (rho = 0); refit with "
+                 "latentda.prior.add_window to use it")
+    return LatentTransition(tr["A"].numpy(), tr["q_chol"].numpy(), meta.get("transition_info", {}),
+                            repr_rho=None if rho is None else rho.numpy())
 
 
 def _flow(ckpt: dict, meta: dict, latent_dim: int) -> LatentFlow | None:

@@ -34,8 +34,8 @@ from ..runtime import git_sha
 from .checkpoint import Prior, resolve_device
 from .config import PriorConfig, as_config
 from .flowfit import fit_prior_flow
+from .repr_time import fit_window_parts
 from .residual import residual_modes
-from .transition import fit_transition
 from .vae import ConvVAE, choose_n_down, kl_divergence, weighted_sq_error
 from .zonal import data_zonal_symmetry, fit_zonal_climatology
 
@@ -259,8 +259,8 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
     transition = None
     if cfg.window:
         with deterministic_torch(device, cfg.num_threads):
-            transition = fit_transition(model.encode, X, times, train_idx, val_idx, cfg.seed,
-                                        rotations=TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1)
+            transition = fit_window_parts(model.encode, model.decode, X, times, train_idx, val_idx, cfg.seed,
+                                          TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1, grid.lat, variables)
     flow = fit_prior_flow(model.encode, X, train_idx, val_idx, cfg, device) if cfg.flow_prior else None
     prior = Prior(model, config=cfg, variables=variables, grid=grid, climatology=clim, var_attrs=var_attrs,
                   provenance=provenance, recon_std=recon_std, history=result["history"], device=device,
@@ -291,8 +291,9 @@ def add_window(prior: Prior, fields: xr.Dataset, window: int) -> Prior:
     train_idx, val_idx = split_blocks(times.size, cfg.val_fraction, cfg.val_block_days, cfg.seed)
     X = torch.as_tensor(prior.anomalies(fields), device=prior.device)
     with deterministic_torch(prior.device, cfg.num_threads):
-        transition = fit_transition(prior.encode, X, times, train_idx, val_idx, cfg.seed,
-                                    rotations=TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1)
+        transition = fit_window_parts(prior.encode, prior.decode, X, times, train_idx, val_idx, cfg.seed,
+                                      TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1, prior.grid.lat,
+                                      prior.variables)
     out = prior.with_parts(cfg, transition=transition)
     out.provenance["window_fit"] = {"data_sha256": array_sha256(to_array(fields, prior.variables, np.float32)),
                                     "period": f"{str(times[0])[:10]}/{str(times[-1])[:10]}"}

@@ -31,11 +31,14 @@ Q_FLOOR = 1e-3
 
 @dataclasses.dataclass
 class LatentTransition:
-    """``A`` (d, d) and ``q_chol`` L_q (d, d) lower triangular, float64; ``info``: fit statistics (JSON-able)."""
+    """``A`` (d, d) and ``q_chol`` L_q (d, d) lower triangular, float64; ``info``: fit statistics (JSON-able);
+    ``repr_rho``: ρ_c (C,) float64 in [0, 1), the AR(1) coefficient in time of the representation error per
+    variable (:mod:`latentda.prior.repr_time`), or None (not fitted: the window analysis takes ρ = 0)."""
 
     A: np.ndarray
     q_chol: np.ndarray
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    repr_rho: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.A = np.asarray(self.A, dtype=np.float64)
@@ -45,6 +48,10 @@ class LatentTransition:
             raise ValueError(f"transition A {self.A.shape} and q_chol {self.q_chol.shape} must be square and equal")
         if not (np.isfinite(self.A).all() and np.isfinite(self.q_chol).all()):
             raise ValueError("transition A and q_chol must be finite")
+        if self.repr_rho is not None:
+            self.repr_rho = np.asarray(self.repr_rho, dtype=np.float64).reshape(-1)
+            if not (np.isfinite(self.repr_rho).all() and (self.repr_rho >= 0).all() and (self.repr_rho < 1).all()):
+                raise ValueError(f"repr_rho {self.repr_rho.tolist()} must be in [0, 1) per variable")
         self._torch: dict = {}
 
     @property
@@ -92,8 +99,11 @@ class LatentTransition:
         return C
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Checkpoint form: {"A", "q_chol"} float64 CPU tensors."""
-        return {"A": torch.tensor(self.A), "q_chol": torch.tensor(self.q_chol)}
+        """Checkpoint form: {"A", "q_chol"} and, if fitted, "repr_rho" (C,): float64 CPU tensors."""
+        out = {"A": torch.tensor(self.A), "q_chol": torch.tensor(self.q_chol)}
+        if self.repr_rho is not None:
+            out["repr_rho"] = torch.tensor(self.repr_rho)
+        return out
 
 
 def pairs_of(times: np.ndarray, idx: np.ndarray) -> np.ndarray:
