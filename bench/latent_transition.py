@@ -51,15 +51,6 @@ def encode_all(prior, X, batch: int = 64):
     return np.concatenate(mus), np.concatenate(sds), np.concatenate(res)
 
 
-def lag1_correlation(a: np.ndarray, pairs: np.ndarray, lat: np.ndarray) -> list[float]:
-    """Area-weighted mean lag-1 correlation per channel of ``a`` (T, C, nlat, nlon) over the day pairs (t, t + 1)."""
-    x0, x1 = a[pairs].astype(np.float64), a[pairs + 1].astype(np.float64)
-    x0, x1 = x0 - x0.mean(0), x1 - x1.mean(0)
-    r = (x0 * x1).sum(0) / np.sqrt((x0 ** 2).sum(0) * (x1 ** 2).sum(0))  # (C, nlat, nlon)
-    w = np.cos(np.deg2rad(lat))[:, None] * np.ones(a.shape[-1])[None]
-    return [float((w * r[c]).sum() / w.sum()) for c in range(a.shape[1])]
-
-
 def r2(u1: np.ndarray, pred: np.ndarray) -> float:
     return float(1.0 - ((u1 - pred) ** 2).sum() / (u1 ** 2).sum())
 
@@ -115,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     import latentda
     from latentda.grid import normalize_grid
     from latentda.prior.train import split_blocks
-    from latentda.prior.transition import pairs_of
+    from latentda.prior.repr_time import lag_correlation
+    from latentda.prior.transition import lag_pairs
 
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
@@ -127,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     X = torch.as_tensor(prior.anomalies(fields))
     nlon = X.shape[-1]
     rng = np.random.default_rng(np.random.SeedSequence([a.seed, 11]))
-    tr, va = pairs_of(times, train_idx), pairs_of(times, val_idx)
+    tr, va = lag_pairs(times, train_idx, 1), lag_pairs(times, val_idx, 1)
     # validation blocks alternate: even blocks choose the epoch, odd blocks report
     block = np.cumsum(np.r_[0, np.diff(va) > 1])
     va_sel, va_rep = va[block % 2 == 0], va[block % 2 == 1]
@@ -171,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "fit_seconds": round(time.perf_counter() - t0, 1)},
         "two_day_r2_linear_of_means": two_day,
         "lag1_correlation": {"variables": list(prior.variables),
-                             "anomaly": lag1_correlation(X.numpy(), tr, fields["lat"].values),
-                             "representation_error": lag1_correlation(residual, tr, fields["lat"].values)},
+                             "anomaly": lag_correlation(X.numpy(), tr, 1, fields["lat"].values),
+                             "representation_error": lag_correlation(residual, tr, 1, fields["lat"].values)},
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     print(json.dumps(result, indent=1))

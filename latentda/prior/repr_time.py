@@ -18,22 +18,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .transition import LatentTransition, fit_transition
+from .transition import LatentTransition, fit_transition, lag_pairs
+
+__all__ = ["RHO_MAX", "lag_pairs", "lag_correlation", "representation_residual", "fit_repr_time_correlation",
+           "fit_window_parts"]
 
 #: upper clip of the fitted ρ (a window covariance with ρ → 1 is singular in time)
 RHO_MAX = 0.95
-
-
-def lag_pairs(times: np.ndarray, idx: np.ndarray, lag: int) -> np.ndarray:
-    """Indices t (into ``times``) with t and t + ``lag`` both in ``idx`` and exactly ``lag`` calendar days apart."""
-    lag = int(lag)
-    if lag < 1:
-        raise ValueError(f"lag={lag} must be >= 1")
-    days = np.asarray(times, dtype="datetime64[D]")
-    ok = np.zeros(len(days), dtype=bool)
-    ok[np.asarray(idx, dtype=np.int64)] = True
-    t = np.arange(max(len(days) - lag, 0))
-    return t[ok[t] & ok[t + lag] & ((days[t + lag] - days[t]) == np.timedelta64(lag, "D"))]
 
 
 def lag_correlation(a: np.ndarray, first: np.ndarray, lag: int, lat: np.ndarray) -> list[float]:

@@ -106,13 +106,16 @@ class LatentTransition:
         return out
 
 
-def pairs_of(times: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Indices t (into ``times``) with t and t + 1 both in ``idx`` and one calendar day apart."""
+def lag_pairs(times: np.ndarray, idx: np.ndarray, lag: int) -> np.ndarray:
+    """Indices t (into ``times``) with t and t + ``lag`` both in ``idx`` and exactly ``lag`` calendar days apart."""
+    lag = int(lag)
+    if lag < 1:
+        raise ValueError(f"lag={lag} must be >= 1")
     days = np.asarray(times, dtype="datetime64[D]")
     ok = np.zeros(len(days), dtype=bool)
-    ok[np.asarray(idx)] = True
-    t = np.arange(len(days) - 1)
-    return t[ok[:-1] & ok[1:] & ((days[1:] - days[:-1]) == np.timedelta64(1, "D"))]
+    ok[np.asarray(idx, dtype=np.int64)] = True
+    t = np.arange(max(len(days) - lag, 0))
+    return t[ok[t] & ok[t + lag] & ((days[t + lag] - days[t]) == np.timedelta64(lag, "D"))]
 
 
 def fit_transition(encode, anomalies: torch.Tensor, times: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -124,7 +127,7 @@ def fit_transition(encode, anomalies: torch.Tensor, times: np.ndarray, train_idx
     ``samples`` posterior draws per day (seeded with ``seed``); ``rotations`` > 1 adds that many evenly spaced
     longitude rotations of both days of every pair (for zonally symmetric data: more pairs, same dynamics).
     """
-    tr, va = pairs_of(times, train_idx), pairs_of(times, val_idx)
+    tr, va = lag_pairs(times, train_idx, 1), lag_pairs(times, val_idx, 1)
     if tr.size < 2:
         raise ValueError(f"only {tr.size} pair(s) of consecutive training days: a window prior needs daily data")
     gen = torch.Generator().manual_seed(int(seed) + 101)
