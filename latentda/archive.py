@@ -50,7 +50,7 @@ from .analysis import DIAGNOSTICS
 from .grid import Grid
 from . import archive_icechunk, creation, storage
 from .archive_read import (ArchiveError, _exists, _show, _store, day_states, day_status, done_days, engine_at,
-                           hexdigest, missing_days, open_archive, read_store, store_layout)
+                           hexdigest, missing_days, open_archive, period_slice, read_store, store_layout)
 from .archive_layout import (DIAG_DTYPES, DONE, FINAL, HASH_DIM, NOT_WRITTEN, PRELIMINARY, STATUS,
                              WINDOW_OBSERVED, ArchiveSpec, archive_spec, encoding, template)
 from .runtime import git_sha, to_days
@@ -58,7 +58,7 @@ from .runtime import git_sha, to_days
 __all__ = ["ArchiveSpec", "ArchiveError", "ArchiveMismatchError", "archive_spec", "template", "create_archive",
            "open_archive", "check_compatible", "write_day", "day_status", "missing_days", "done_days",
            "validate_archive", "hexdigest", "day_states", "read_store", "engine_at", "ENGINES", "STATUS",
-           "PRELIMINARY", "FINAL", "NOT_WRITTEN"]
+           "PRELIMINARY", "FINAL", "NOT_WRITTEN", "period_slice"]
 
 #: Archive engines (``archive.engine`` of the run config): a plain Zarr v3 store, or an Icechunk repository
 #: (:mod:`latentda.archive_icechunk`: transactional commits of whole blocks of days).

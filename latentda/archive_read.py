@@ -20,7 +20,7 @@ from .grid import Grid
 from .runtime import to_days
 
 __all__ = ["ArchiveError", "hexdigest", "engine_at", "read_store", "open_archive", "day_status", "day_states",
-           "missing_days", "done_days", "StoreLayout", "store_layout"]
+           "missing_days", "done_days", "StoreLayout", "store_layout", "period_slice"]
 
 
 class ArchiveError(RuntimeError):
@@ -97,13 +97,18 @@ def _status_arrays(url: str, storage_options: Mapping[str, Any] | None, start: A
         t = pd.DatetimeIndex(values.astype("datetime64[D]").astype("datetime64[ns]"))  # what archives are made with
     else:
         t = pd.DatetimeIndex(decode_cf_datetime(values, units, calendar))
+    return group, t, period_slice(t, start, end)
+
+
+def period_slice(t: pd.DatetimeIndex, start: Any = None, end: Any = None) -> slice:
+    """The index slice of the days ``start..end`` (default: the ends of ``t``, the archive's days); ArchiveError
+    naming both periods when the range is outside the archive's."""
     s = to_days(start)[0] if start is not None else t[0]
     e = to_days(end)[0] if end is not None else t[-1]
     if s < t[0] or e > t[-1]:
         raise ArchiveError(f"range {s.date()}..{e.date()} is outside the archive period "
                            f"{t[0].date()}..{t[-1].date()}")
-    i0, i1 = int(t.searchsorted(s)), int(t.searchsorted(e, side="right"))
-    return group, t, slice(i0, i1)
+    return slice(int(t.searchsorted(s)), int(t.searchsorted(e, side="right")))
 
 
 @dataclasses.dataclass(frozen=True)

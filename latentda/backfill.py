@@ -160,10 +160,7 @@ def plan_days(config, start: Any, end: Any, window: int, end_of_record: pd.Times
     the run's summary counts against)."""
     states = archive.day_states(config.archive_url, config.archive.storage_options or None)
     missing = list(states.index[~states["done"].to_numpy()])
-    todo = to_days(list(pd.date_range(to_days(start)[0], to_days(end)[0], freq="D")))
-    if todo and (todo[0] < states.index[0] or todo[-1] > states.index[-1]):
-        raise archive.ArchiveError(f"range {todo[0].date()}..{todo[-1].date()} is outside the archive period "
-                                   f"{states.index[0].date()}..{states.index[-1].date()}")
+    todo = list(states.index[archive.period_slice(states.index, start, end)])
     return _needing_work(states, todo, window, end_of_record), missing
 
 
