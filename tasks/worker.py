@@ -28,12 +28,17 @@ _PRIORS: dict[tuple, Any] = {}
 _PRIOR_LOCK = threading.Lock()
 
 
+def _file_stamp(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """(size, mtime or ETag) of a local or remote file: changes when the file is rewritten."""
+    fs, path = storage.filesystem(url, storage_options)
+    info = fs.info(path)
+    return info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag"))
+
+
 def load_prior_cached(path: str, device: str = "cpu", storage_options: Mapping[str, Any] | None = None):
     """``latentda.load_prior`` once per worker process and checkpoint version (path + size + mtime)."""
     try:
-        fs, p = storage.filesystem(path, storage_options)
-        info = fs.info(p)
-        stamp = (info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag")))
+        stamp = _file_stamp(path, storage_options)
     except FileNotFoundError:
         raise FileNotFoundError(f"no prior checkpoint at {storage.redact(path)!r}; train one first "
                                 "(`latentda train --config ...`)") from None
@@ -74,9 +79,7 @@ def _table_version(catalog_path: str, entry: str) -> tuple:
     try:
         url, options = _entry_url(catalog_path, entry, cat_stamp)
         if url is not None:
-            fs, path = storage.filesystem(url, options)
-            info = fs.info(path)
-            data_stamp = (info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag")))
+            data_stamp = _file_stamp(url, options)
     except (OSError, KeyError, ValueError):
         data_stamp = None  # the read below reports a missing entry or file with its own message
     return cat_stamp, data_stamp
