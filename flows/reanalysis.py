@@ -1,8 +1,9 @@
 """Flow ``reanalysis``: backfill a date range into the pre-sized archive (wiring only; see ARCHITECTURE.md).
 
-init archive -> plan (days to do, days missing) -> blocks of days, each one Prefect task whose days are mapped over the Dask cluster
-with plain Dask -> validate -> register in the output catalog -> evaluate. Resumable: the archive's done flags say
-which days are missing; only those are assimilated. A crash loses nothing already written.
+init archive -> plan (days to do, days missing) -> blocks of days, each one Prefect task whose days are mapped
+over the Dask cluster with plain Dask -> validate -> register in the output catalog -> evaluate. Resumable: the
+archive's done flags say which days are missing; only those are assimilated. A crash loses nothing already
+written.
 """
 from __future__ import annotations
 
