@@ -11,7 +11,7 @@ import torch
 
 import latentda
 from latentda.baselines.smoother import SmootherModel, fit_smoother, linear_smoother
-from latentda.da import rto
+from latentda.da import rto, rto_steps
 from latentda.da.window import assimilate_window, window_operator
 from latentda.grid import Grid
 from latentda.normalization import fit_climatology
@@ -57,19 +57,23 @@ def test_window_zero_is_bit_identical_to_the_per_day_analysis(fields, options):
     assert int(windowed["obs_outside_window"][0]) == 120 and int(windowed["window_days_observed"][0]) == 1
 
 
-def test_window_covariance_forms_agree(fields, window_prior):
+@pytest.mark.parametrize("neighbours,tolerance", [("nonlinear", 2e-3), ("linearised", 5e-3)])
+def test_window_covariance_forms_agree(fields, window_prior, neighbours, tolerance):
     """Each day's R_t of the block-diagonal window R (representation error independent between days) in the dense
     ("obs") or grid-space Woodbury ("grid") form: the same analysis to round-off (the signed whitening of the grid
-    blocks concatenates across days)."""
+    blocks concatenates across days); with the neighbouring days linearised at the posterior mode, to the mode
+    solve's tolerance (the two forms' modes differ by their round-off, and the members' model is linearised there)."""
     day = fields.time.values[120]
     obs = synthetic_observations(fields, n=15, seed=4, time=fields.time.values[[119, 121]])  # none on day d
     runs = {form: latentda.assimilate(window_prior, obs, day, members=4, seed=2, keep_members=True,
-                                      covariance_form=form, tol=1e-3, repr_time_correlation="none")
+                                      covariance_form=form, tol=1e-3, repr_time_correlation="none",
+                                      window_neighbours=neighbours)
             for form in ("obs", "grid")}
     assert int(runs["grid"]["window_days_observed"][0]) == 2
+    assert runs["grid"].attrs["latentda:window_neighbours"] == neighbours
     for v in ("air_temperature", "eastward_wind"):
         np.testing.assert_allclose(runs["grid"][f"{v}_members"].values, runs["obs"][f"{v}_members"].values,
-                                   rtol=0, atol=2e-3 * float(runs["obs"][f"{v}_spread"].mean()))
+                                   rtol=0, atol=tolerance * float(runs["obs"][f"{v}_spread"].mean()))
     prior_only = latentda.assimilate(window_prior, obs.iloc[:0], day, members=4, seed=2)
     assert float(runs["grid"]["air_temperature_spread"].mean()) < float(prior_only["air_temperature_spread"].mean())
 
@@ -120,6 +124,61 @@ def test_ar1_toy_window_prior_gives_the_kalman_smoother():
     alone = assimilate_window(prior, obs[obs.time == day], day, members=M, seed=1, representation_error="none",
                               tol=1e-4)
     assert float(alone["air_temperature_spread"].mean()) > float(out["air_temperature_spread"].mean()) * 1.02
+
+
+def test_linearised_neighbours_are_exact_for_a_linear_decoder():
+    """The members' solve with the neighbouring days linearised at the mode (the default) is the full window RTO
+    when the decoder is linear (the AR(1) toy): the same members to the solver's tolerance."""
+    prior, _ = linear_ar1_prior(rho=0.8, window=1, seed=0)
+    rng = np.random.default_rng(3)
+    day = pd.Timestamp("2001-06-01")
+    obs = pd.DataFrame([dict(time=t, lat=rng.uniform(-60, 60), lon=rng.uniform(0, 360), value=rng.normal(0, 1.5),
+                             error=0.5, station_id=f"s{i}", variable="air_temperature")
+                        for t in window_days(day, 1) for i in range(4)])
+    runs = {nb: assimilate_window(prior, obs, day, members=8, seed=1, representation_error="none", tol=1e-5,
+                                  keep_members=True, window_neighbours=nb) for nb in ("linearised", "nonlinear")}
+    assert runs["linearised"].attrs["latentda:window_neighbours"] == "linearised"
+    assert runs["nonlinear"].attrs["latentda:window_neighbours"] == "nonlinear"
+    lin, full = (runs[nb]["air_temperature_members"].values for nb in ("linearised", "nonlinear"))
+    spread = float(runs["nonlinear"]["air_temperature_spread"].mean())
+    np.testing.assert_allclose(lin, full, rtol=0, atol=1e-3 * spread)
+
+
+def test_linearised_neighbours_decode_the_centre_day_only(fields, window_prior, monkeypatch):
+    """With a nonlinear decoder the linearised members' solve decodes far fewer latents (the centre day's, not the
+    window's three days') and gives nearly the same analysis; without the preconditioner (no mode to linearise at)
+    the window is solved in full and the attribute says so."""
+    day = fields.time.values[150]
+    obs = synthetic_observations(fields, n=20, seed=2, time=fields.time.values[149:152])
+    decoded, in_members_solve = [], []
+    original, minimize = type(window_prior).decode, rto_steps.minimize_batched
+
+    def counting(self, z):
+        if any(in_members_solve):
+            decoded.append(int(z.shape[0]) if z.ndim == 2 else 1)
+        return original(self, z)
+
+    def members_solve(fun_grad, z0, **kwargs):  # the members' solve (the mode solve has one member)
+        in_members_solve.append(z0.shape[0] > 1)
+        try:
+            return minimize(fun_grad, z0, **kwargs)
+        finally:
+            in_members_solve.clear()
+
+    monkeypatch.setattr(type(window_prior), "decode", counting)
+    monkeypatch.setattr(rto_steps, "minimize_batched", members_solve)
+    runs, counts = {}, {}
+    for nb in ("linearised", "nonlinear"):
+        decoded.clear()
+        runs[nb] = latentda.assimilate(window_prior, obs, day, members=8, seed=2, keep_members=True,
+                                       window_neighbours=nb)
+        counts[nb] = sum(decoded)
+    assert 0 < counts["linearised"] < 0.5 * counts["nonlinear"], counts
+    for v in ("air_temperature", "eastward_wind"):
+        diff = np.abs(runs["linearised"][v].values - runs["nonlinear"][v].values).mean()
+        assert diff < 0.05 * float(runs["nonlinear"][f"{v}_spread"].mean()), (v, diff)
+    plain = latentda.assimilate(window_prior, obs, day, members=4, seed=2, precondition=False)
+    assert plain.attrs["latentda:window_neighbours"] == "nonlinear"
 
 
 def test_observations_outside_the_window_are_ignored_and_counted(fields, window_prior):

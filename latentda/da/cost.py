@@ -70,6 +70,16 @@ class LatentCost:
         """H g(z): (B, d) -> (B, n)."""
         return self.operator.apply_torch(self.fields(z))
 
+    def observed(self, z: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
+        """H g(z) (B, n) given ``fields`` = g(z) (B, C, nlat, nlon) already computed (a partially linearised cost
+        overrides this to use its own model of H g)."""
+        return self.operator.apply_torch(fields)
+
+    def member_cost(self, z_hat: torch.Tensor) -> "LatentCost":
+        """The cost the members are solved with once the posterior mode ``z_hat`` (d,) and its Gauss-Newton
+        linearisation (:meth:`linearise`) are known: this cost itself (a window cost may linearise part of it)."""
+        return self
+
     def whiten(self, r: torch.Tensor) -> torch.Tensor | Whitened:
         """L⁻¹ r for residuals r (B, n) -> (B, n), float64; a signed :class:`Whitened` for a Woodbury R."""
         u = self.covariance.whiten(r)

@@ -61,6 +61,12 @@ class AssimilationOptions(BaseModel):
         "fitted", description="window analysis (k >= 1): the representation error AR(1) in time per variable with "
                               "the window prior's fitted rho ('fitted'; a prior without it: rho = 0) or independent "
                               "between days ('none'); latentda.da.window_covariance")
+    window_neighbours: Literal["linearised", "nonlinear"] = Field(
+        "linearised", description="window analysis (k >= 1), members' solve: the neighbouring days' H g(z_t) "
+                                  "linearised at the window's posterior mode (one outer loop of incremental "
+                                  "4D-Var: each cost evaluation decodes the centre day only) or decoded at every "
+                                  "evaluation ('nonlinear'); needs precondition=True (without it: 'nonlinear'); "
+                                  "latentda.da.window")
     # -- posterior samplers (latentda.da.samplers; issue 12) --------------------------------------------------
     sampler: str = Field("rto", description="'rto' (randomise-then-optimise), 'laplace' (Gaussian at the MAP, "
                                             "Gauss-Newton covariance) or 'langevin' (MALA from the MAP)")

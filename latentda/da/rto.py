@@ -121,7 +121,8 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
         ``covariance_rank_tol``: the grid form's cut on the smoother's singular values (default 1e-3: eigenvalues
         of S Sᵀ below 1e-6 of the largest dropped, r ≈ 0.55 npts at 48 × 96; 0: full rank, r = npts, equal to
         the dense form to round-off; :mod:`latentda.da.lowrank`).
-        ``window``: None or 0 here (a k >= 1 is the windowed analysis, :mod:`latentda.da.window`).
+        ``window``: None or 0 here (a k >= 1 is the windowed analysis, :mod:`latentda.da.window`, whose options
+        ``repr_time_correlation`` and ``window_neighbours`` have no effect on a per-day analysis).
         ``sampler``: "rto" (default, the cost above), "laplace" (MAP + Gauss-Newton Gaussian) or "langevin"
         (preconditioned MALA from the MAP; ``langevin_steps``, ``langevin_burnin``, ``langevin_target_accept``;
         diagnostics acceptance_rate, ess, step_size): :mod:`latentda.da.samplers`; eta is updated as for RTO.

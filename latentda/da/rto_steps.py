@@ -140,7 +140,8 @@ def reject_gross(table: pd.DataFrame, usable: np.ndarray, op: PointOperator, xg_
 def solve_members(cost: LatentCost, y64: np.ndarray, opts: AssimilationOptions, day):
     """Minimise every member's cost J_m (module docstring). With ``opts.precondition``: first the posterior mode
     ẑ of the unperturbed cost (z_p = 0, ỹ = ``y64``), then the Gauss-Newton inverse Hessian at ẑ as the solver's
-    H_0 and linearised member starts. Returns (:class:`~latentda.da.solver.SolverResult`, mode-solve iterations)."""
+    H_0 and linearised member starts. Returns (:class:`~latentda.da.solver.SolverResult`, mode-solve iterations,
+    the cost the members were solved with: ``cost.member_cost(ẑ)``, or ``cost`` itself without the mode)."""
     z_p = cost.z_prior
     solve = opts.solver()
     h0, z0, mode_iterations = None, z_p, 0
@@ -151,6 +152,8 @@ def solve_members(cost: LatentCost, y64: np.ndarray, opts: AssimilationOptions, 
         # 2) Gauss-Newton (Laplace) inverse Hessian at ẑ, shared by all members as the solver's H_0
         h0, hz_hat, w = cost.linearise(z_hat)
         if bool(torch.isfinite(h0).all()):
+            # the members' cost (a window cost may linearise its neighbouring days at ẑ: LatentCost.member_cost)
+            cost = cost.member_cost(z_hat)
             # 3) each member starts at its linearised RTO solution, or at z_p,m where that is better
             z_lin = cost.linearised_solution(z_hat, h0, hz_hat, w)
             with torch.no_grad():
@@ -160,7 +163,7 @@ def solve_members(cost: LatentCost, y64: np.ndarray, opts: AssimilationOptions, 
             log.warning("%s: the Gauss-Newton preconditioner is not finite; plain L-BFGS from z_p",
                         pd.Timestamp(day).date())
             h0 = None
-    return minimize_batched(cost.value_and_grad, z0, h0=h0, **solve), mode_iterations
+    return minimize_batched(cost.value_and_grad, z0, h0=h0, **solve), mode_iterations, cost
 
 
 def analyse_members(cost: LatentCost, eta_p: torch.Tensor, y64: np.ndarray, opts: AssimilationOptions, day,
@@ -171,13 +174,13 @@ def analyse_members(cost: LatentCost, eta_p: torch.Tensor, y64: np.ndarray, opts
     ``representation_error="augmented"`` the conditional eta update x_m = g(z_m) + eta_p,m + B_eta Hᵀ R⁻¹ (ỹ_m −
     H g(z_m)) with R = ``cost.covariance`` (for every sampler: a draw of eta given z_m and y)."""
     if opts.sampler == "rto":
-        res, mode_iterations = solve_members(cost, y64, opts, day)
+        res, mode_iterations, cost = solve_members(cost, y64, opts, day)
     else:
         res, mode_iterations = sample_members(cost, y64, opts, seed, day_ordinal(day), extra)
     with torch.no_grad():
         xa = cost.fields(res.z)
         if opts.representation_error == "augmented":
-            resid = cost.target - cost.operator.apply_torch(xa).double()  # ỹ_m − H g(z_m)
+            resid = cost.target - cost.observed(res.z, xa).double()  # ỹ_m − H g(z_m), the members' cost's model
             v = cost.covariance.solve(resid).float()  # R⁻¹ (ỹ_m − H g(z_m))
             xa = xa + eta_p + cost.covariance.increment(v)
     return xa, res, mode_iterations

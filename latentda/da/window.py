@@ -28,9 +28,15 @@ every day's eta, and the centre day d is returned in the per-day layout. With k 
 latent and every step is the per-day one (the day's own covariance object, the same helpers of
 :mod:`latentda.da.rto`): the output is bit-identical to :func:`latentda.da.rto.assimilate`.
 
-Cost: the decoder runs on T latents per member (T times the per-day work per iteration); the Gauss-Newton
-preconditioner differentiates each day's decoder separately (T (d + 1) decodes, not T (T d + 1)) and applies the
-chain's linear map ξ -> z.
+Members' solve (option ``window_neighbours``): the posterior mode ξ̂ of the unperturbed window cost is found with
+every day decoded; the members are then solved with the neighbouring days' observation terms linearised at ξ̂,
+H_t g(z_t) ≈ H_t g(ẑ_t) + J_t (z_t − ẑ_t) for t ≠ d, the centre day decoded (:class:`NeighboursLinearised`, the
+default "linearised": one outer loop of incremental 4D-Var, exact for a linear decoder), or with every day decoded
+at every evaluation ("nonlinear"). J_t is the Gauss-Newton preconditioner's own Jacobian.
+
+Cost: the mode solve decodes T latents per evaluation; the Gauss-Newton preconditioner differentiates each day's
+decoder separately (T (d + 1) decodes, not T (T d + 1)) and applies the chain's linear map ξ -> z; the members'
+solve decodes one latent per member per evaluation ("linearised", as the per-day analysis) or T ("nonlinear").
 """
 from __future__ import annotations
 
@@ -90,9 +96,33 @@ class WindowGenerator:
 
 class WindowCost(LatentCost):
     """The window cost J_m(ξ) (module docstring): a :class:`LatentCost` whose generator is a :class:`WindowGenerator`
-    and whose Jacobian is built day by day through the chain's linear map."""
+    and whose Jacobian is built day by day through the chain's linear map.
+
+    ``neighbours``: (centre day index c, row bounds (T + 1,) of the days' rows, the centre day's operator H_c
+    reading the C channels of one day) to solve the members with the neighbouring days linearised
+    (:meth:`member_cost`, option ``window_neighbours="linearised"``); None: every day decoded at every evaluation."""
+
+    def __init__(self, *args, neighbours: tuple[int, np.ndarray, PointOperator] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.neighbours, self.members_linearised = neighbours, False
+        self._linear_at: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def member_cost(self, z_hat: torch.Tensor) -> LatentCost:
+        """The members' cost: :class:`NeighboursLinearised` at the mode ``z_hat`` (T d,) when ``neighbours`` is
+        set and the window has more than one day, else this cost."""
+        if self.neighbours is None or self.prior.days == 1:
+            return self
+        z_hat = z_hat.reshape(-1).to(torch.float32)
+        if self._linear_at is None or not torch.equal(self._linear_at[0], z_hat):
+            with torch.no_grad():
+                self.jacobian_t(z_hat, 1e-2, 32)
+        _, hz, jz = self._linear_at
+        self.members_linearised = True
+        return NeighboursLinearised(self, z_hat, hz, jz)
 
     def jacobian_t(self, z0: torch.Tensor, step: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H g(z0) (n,) float64, Jᵀ (T d, n) wrt ξ); also keeps (z0, H g(z0), ∂(H g)/∂z (T d, n) float64 wrt the
+        days' latents) for :meth:`member_cost`."""
         gen: WindowGenerator = self.prior
         if gen.days == 1:
             return super().jacobian_t(z0, step, chunk)
@@ -111,8 +141,59 @@ class WindowCost(LatentCost):
                 field = torch.zeros((diff.shape[0], T * C, *diff.shape[2:]), device=z0.device)
                 field[:, t * C:(t + 1) * C] = diff * self.std[t * C:(t + 1) * C]
                 jz[t * d + k:t * d + k + diff.shape[0]] = self.operator.apply_torch(field).double() / step
+        self._linear_at = (z0.detach().clone(), hz0, jz)
         chain = torch.as_tensor(gen.transition.chain_matrix(T), device=z0.device)  # ∂z/∂ξ (T d, T d)
         return hz0, (chain.T @ jz).to(torch.float32)  # Jᵀ wrt ξ = (∂z/∂ξ)ᵀ Jᵀ wrt z
+
+
+class NeighboursLinearised(WindowCost):
+    """The window cost with the neighbouring days' observation terms linearised at the window's posterior mode ξ̂
+    (one outer loop of incremental 4D-Var; exact for a linear decoder)::
+
+        H_t g(z_t) ≈ H_t g(ẑ_t) + J_t (z_t − ẑ_t)   (t ≠ c),     H_c g(z_c) decoded   (c the centre day)
+
+    J_t = ∂(H_t g)/∂z_t at ẑ_t, the forward differences of :meth:`WindowCost.jacobian_t` (the Gauss-Newton
+    preconditioner's own). Each evaluation decodes the centre latent only (B latents, not T B); the prior term and R
+    (block-diagonal or the dense AR(1) window R) are the window cost's. ``fields`` still decodes every day (the
+    analysis of each day of the window for the eta update and the diagnostics)."""
+
+    def __init__(self, cost: WindowCost, z_hat: torch.Tensor, hz: torch.Tensor, jz: torch.Tensor) -> None:
+        self.__dict__.update(cost.__dict__)
+        gen: WindowGenerator = cost.prior
+        T, d = gen.days, gen.day_dim
+        self.centre, bounds, self.centre_operator = cost.neighbours
+        self.bounds = [int(b) for b in bounds]
+        if len(self.bounds) != T + 1 or self.bounds[-1] != self.operator.nobs:
+            raise ValueError(f"row bounds {self.bounds} do not cover the window's {self.operator.nobs} rows in {T} "
+                             "days")
+        self.z_hat = gen.latents(z_hat[None])[0].double()  # ẑ_t (T, d)
+        self.hz, self.jz, self.day_dim = hz, jz, d
+        C = self.mean.shape[0] // T
+        self.centre_mean = self.mean[self.centre * C:(self.centre + 1) * C]
+        self.centre_std = self.std[self.centre * C:(self.centre + 1) * C]
+
+    def observe(self, xi: torch.Tensor) -> torch.Tensor:
+        """H g of the window's rows (B, n) float64: the centre day's decoded, the others' linearised."""
+        gen: WindowGenerator = self.prior
+        z = gen.latents(xi.to(torch.float32))  # (B, T, d)
+        d, parts = self.day_dim, []
+        for t in range(gen.days):
+            lo, hi = self.bounds[t], self.bounds[t + 1]
+            if hi == lo:
+                continue
+            if t == self.centre:
+                x = gen.prior.decode(z[:, t]) * self.centre_std + self.centre_mean
+                parts.append(self.centre_operator.apply_torch(x).double())
+            else:
+                dz = z[:, t].double() - self.z_hat[t]
+                parts.append(self.hz[lo:hi] + dz @ self.jz[t * d:(t + 1) * d, lo:hi])
+        return torch.cat(parts, dim=1)
+
+    def observed(self, z: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
+        return self.observe(z)
+
+    def member_cost(self, z_hat: torch.Tensor) -> LatentCost:
+        return self
 
 
 def window_operator(grid, lat, lon, channel, day_index, nchannels: int, days: int) -> PointOperator:
@@ -259,7 +340,7 @@ def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members:
     counts = _qc.qc_counts(table)
     attrs = {**run_attrs(prior, members, seed, opts, reps[0], length_km), "window": int(k)}
     if k:
-        attrs.update(repr_time_correlation=time_model,
+        attrs.update(window_neighbours="nonlinear", repr_time_correlation=time_model,
                      repr_time_rho=None if rho is None else dict(zip(variables, map(float, rho))))
     diag: dict[str, float] = {"obs_used": int(used.size), "obs_rejected": _qc.rejected_count(table),
                               **window_coverage(observations, days)}
@@ -294,8 +375,13 @@ def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members:
         target = torch.as_tensor(y64, device=dev) + eps.double() - op.apply_torch(eta_p).double()
 
     obs_term = dict(covariance=rcov) if rcov is not None else dict(sigma=sigma)
-    cost = WindowCost(gen, op, mean_w, std_w, xi_p, target, **obs_term)
+    neighbours = None  # the members' solve with the neighbouring days linearised at the mode (WindowCost)
+    if T > 1 and opts.window_neighbours != "nonlinear" and opts.precondition:
+        neighbours = (centre, bounds, build(rows_by_day[centre]) if rows_by_day[centre].size else None)
+    cost = WindowCost(gen, op, mean_w, std_w, xi_p, target, neighbours=neighbours, **obs_term)
     xa, res, mode_iterations = analyse_members(cost, eta_p, y64, opts, day)  # every day's eta updated
+    if cost.members_linearised:
+        attrs["window_neighbours"] = "linearised"
     diag.update(solution_diagnostics(op, xa, xb, y64, sig64, res))
     log.info("%s: window ±%d, %d obs used on %d day(s) (representation error %s in time), %d rejected, fit %.3f "
              "-> %.3f, %d iterations (%d evaluations; mode %d), %.0f%% converged, %.2f s", day.date(), k, used.size,
