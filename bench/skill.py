@@ -33,7 +33,10 @@ temporal correlation fitted on the training years, advected by the mean zonal fl
 fitted on the training years to the day prior; representation error independent between days,
 ``repr_time_correlation="none"``) and ``latent_window_rc`` (the same with the representation error AR(1) in time,
 the window prior's fitted ρ per variable, ``repr_time_correlation="fitted"``; the record counts the days on which
-each time model was actually used, ``repr_time_models``).
+each time model was actually used, ``repr_time_models``); both solve the members with the neighbouring days
+linearised at the window's posterior mode (the default ``window_neighbours="linearised"``), and
+``latent_window_nl`` is ``latent_window_rc`` with every day decoded at every evaluation
+(``window_neighbours="nonlinear"``).
 
 How to run (from the repository root)::
 
@@ -93,9 +96,12 @@ HEADLINE = "air_temperature"
 TRAIN = ("2000-01-01", "2004-12-31")
 HELDOUT = ("2005-01-01", "2005-12-31")
 ALL_METHODS = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent", "smoother", "oi_window", "oi_win_noadv",
-               "latent_window", "latent_window_rc")
-WINDOW_METHODS = ("smoother", "oi_window", "oi_win_noadv", "latent_window", "latent_window_rc")
-LATENT_WINDOW = {"latent_window": "none", "latent_window_rc": "fitted"}  # method -> repr_time_correlation
+               "latent_window", "latent_window_rc", "latent_window_nl")
+WINDOW_METHODS = ("smoother", "oi_window", "oi_win_noadv", "latent_window", "latent_window_rc", "latent_window_nl")
+LATENT_WINDOW = {  # method -> its window options
+    "latent_window": {"repr_time_correlation": "none"},
+    "latent_window_rc": {"repr_time_correlation": "fitted"},
+    "latent_window_nl": {"repr_time_correlation": "fitted", "window_neighbours": "nonlinear"}}
 
 
 # -- data and fitted models ----------------------------------------------------------------------------------------
@@ -260,7 +266,7 @@ def run_method(name: str, models: dict, obs: pd.DataFrame, day, args, variant: d
         return baselines.space_time_oi(models[name], obs, day, members=args.members, seed=args.seed,
                                        window=args.window)
     if name in LATENT_WINDOW:
-        opts = dict(args.latent_options, repr_time_correlation=LATENT_WINDOW[name])
+        opts = {**args.latent_options, **LATENT_WINDOW[name]}
         return latentda.assimilate(models["window_prior"], obs, day, members=args.members, seed=args.seed,
                                    keep_members=True, window=args.window, **opts)
     raise ValueError(f"unknown method {name!r}; choose from {ALL_METHODS}")

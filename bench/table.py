@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 ORDER = ("climatology", "oi", "tsvd", "tsvd_eq", "seed", "latent", "smoother", "oi_window", "oi_win_noadv",
-         "latent_window", "latent_window_rc")
+         "latent_window", "latent_window_rc", "latent_window_nl")
 
 
 def rows(records: list[dict], labels: dict[str, str], digits: int = 2) -> list[str]:

@@ -149,6 +149,38 @@ def test_kill9_during_the_upgrade_loses_nothing(window_run, world, tmp_path):
         assert Path(fbk.day_url(url, d)).read_bytes() == Path(fbk.day_url(ref, d)).read_bytes()
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_window_backfill_on_two_worker_processes_writes_the_library_loops_bytes(window_run, world, tmp_path):
+    """Days stay independent with a window prior: the reanalysis flow on a LocalCluster of 2 worker processes
+    writes every chunk and feedback file of d − 1 .. d + 1 as the plain library loop does."""
+    from flows.reanalysis import run_reanalysis
+
+    cfg_path, publish = window_run
+    obs = publish(D2)
+    run = tmp_path / "two_workers"
+    cfg_path = world.write_config(run, **{k: v for k, v in yaml.safe_load(Path(cfg_path).read_text()).items()
+                                          if k in ("catalog", "prior")})  # the default cluster: 2 processes
+    cfg = load_config(cfg_path)
+    assert cfg.cluster.options.get("processes", True) and worker_count(cfg) == 2
+    summary = run_reanalysis(cfg_path, str(D0.date()), str(D2.date()), progress=False, evaluate_skill=False)
+    assert summary["written"] == [str(d.date()) for d in (D0, D1, D2)] and not summary["failed"]
+    ref = str(tmp_path / "ref.zarr")
+    library_reference(cfg, [D0, D1, D2], ref, obs)
+    a, b = chunk_files(cfg.archive_url), chunk_files(ref)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    assert list(lib.day_states(cfg.archive_url, None, D0, D2)["status"]) == [lib.FINAL, lib.FINAL,
+                                                                               lib.PRELIMINARY]
+    for d in (D0, D1, D2):
+        assert Path(fbk.day_url(cfg.archive_url, d)).read_bytes() == Path(fbk.day_url(ref, d)).read_bytes()
+
+
+def worker_count(cfg) -> int:
+    from flows.runners import worker_size
+
+    return worker_size(cfg.cluster).n_workers
+
+
 def test_observation_cache_follows_the_table_file(tmp_path):
     """The per-process table cache of the flows reads the table again when its file changes, the catalog not."""
     from tasks.assimilate import read_observations
