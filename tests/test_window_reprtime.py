@@ -235,3 +235,36 @@ def test_window_r_is_the_schur_product_with_per_day_mode_blocks():
             cross[rows[:, None], g[t].rows[c][None, :]] = g[s].gt[c].double() @ g[t].gt[c].double().T
         torch.testing.assert_close(R[0.5][3 * s:3 * s + 3, 3 * t:3 * t + 3], 0.5 ** (t - s) * cross,
                                    rtol=1e-6, atol=1e-9)
+
+
+def test_window_r_without_modes_is_factored_channel_by_channel():
+    """Without residual modes R couples only rows of the same variable: the channel-by-channel factorisation gives
+    the same R⁻¹ r and the same quadratic forms (a R⁻¹ b through the whitening) as the dense n × n R, rows in any
+    order of channels and days."""
+    grid = Grid.regular(6, 12)
+    reps = [RepresentationError(grid, torch.full((2, 6, 12), 1.0 + 0.2 * t), 1500.0) for t in range(3)]
+    rng = np.random.default_rng(11)
+    ops, sig, bounds = [], [], [0]
+    for t, n in enumerate((4, 0, 5)):  # the middle day has no rows
+        ch = rng.integers(0, 2, n)
+        ops.append(PointOperator(grid, rng.uniform(-60, 60, n), rng.uniform(0, 360, n), ch, 2) if n else None)
+        sig.append(rng.uniform(0.3, 1.0, n))
+        bounds.append(bounds[-1] + n)
+    sig, bounds, rho = np.concatenate(sig), np.array(bounds), np.array([0.6, 0.3])
+    cov = WindowReprCovariance(reps, ops, sig, bounds, rho)
+    assert cov.channel_blocks is not None
+    n = int(bounds[-1])
+    R = torch.diag(torch.as_tensor(sig ** 2))
+    g = [None if op is None else reps[t].at_observations(op, covariance=False) for t, op in enumerate(ops)]
+    for s in range(3):
+        for t in range(3):
+            if g[s] is None or g[t] is None:
+                continue
+            for c, rows_s in g[s].rows.items():
+                if c in g[t].rows:
+                    i, j = rows_s + int(bounds[s]), g[t].rows[c] + int(bounds[t])
+                    R[i[:, None], j[None, :]] += rho[c] ** abs(s - t) * (g[s].gt[c].double() @ g[t].gt[c].double().T)
+    a, b = torch.randn(3, n, dtype=torch.float64), torch.randn(3, n, dtype=torch.float64)
+    torch.testing.assert_close(cov.solve(a), torch.linalg.solve(R, a.T).T, rtol=1e-9, atol=1e-9)
+    wa, wb = cov.whiten(a).plus, cov.whiten(b).plus
+    torch.testing.assert_close((wa * wb).sum(-1), (a * torch.linalg.solve(R, b.T).T).sum(-1), rtol=1e-9, atol=1e-9)

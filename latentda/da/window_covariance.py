@@ -27,7 +27,7 @@ import torch
 
 from ..obs.operator import PointOperator
 from .ensemble import STREAM_MODES, STREAM_REPR, RepresentationError, member_normals
-from .obs_covariance import AUTO_DENSE_MAX, CholeskyCovariance
+from .obs_covariance import AUTO_DENSE_MAX, CholeskyCovariance, Whitened
 
 #: "auto" builds the dense window R up to this many rows of the whole window (the per-day dense limit)
 WINDOW_DENSE_MAX = AUTO_DENSE_MAX
@@ -90,7 +90,12 @@ class WindowReprCovariance(CholeskyCovariance):
 
     ``reps``: day t's model (T,); ``operators``: day t's H of its used rows (None for a day without rows), rows of
     day t are ``bounds[t]:bounds[t + 1]`` of the window's rows; ``sigma`` (n,) observation error std (physical
-    units); ``rho`` (C,) ρ_c. Building costs Σ_c 2 N_c² npts + n³/3 (N_c rows of channel c over the window)."""
+    units); ``rho`` (C,) ρ_c. Building costs Σ_c 2 N_c² npts + its Cholesky (N_c rows of channel c over the window).
+
+    Without residual modes (no day's model has them) R couples only rows of the same variable, so it is
+    block-diagonal over the channels: it is factored block by block (Σ_c N_c³/3 instead of n³/3, and whitening
+    Σ_c N_c² instead of n² per member), the whitened vector ordered channel by channel. With modes, whose per-day
+    blocks couple the variables, the whole n × n R is factored."""
 
     form = "obs_window_ar1"
 
@@ -105,26 +110,64 @@ class WindowReprCovariance(CholeskyCovariance):
             raise ValueError(f"rho has shape {self.rho.shape}, expected ({self.nchannels},)")
         self.bounds = np.asarray(bounds, dtype=np.int64)
         n = int(self.bounds[-1])
+        dev = reps[0].amplitude.device
         self.obs_reps = [None if op is None else rep.at_observations(op, covariance=False)
                          for rep, op in zip(reps, operators)]
-        R = torch.zeros((n, n), dtype=torch.float64)
+        var_o = torch.as_tensor(np.asarray(sigma, dtype=np.float64) ** 2)
+        blocks = []  # (rows of channel c over the window (N_c,), its block of R (N_c, N_c)) per observed channel
         for c in range(self.nchannels):
             parts = [(t, o.rows[c].cpu() + int(self.bounds[t]), o.gt[c]) for t, o in enumerate(self.obs_reps)
                      if o is not None and c in o.rows]
             if not parts:
                 continue
             rows = torch.cat([r for _, r, _ in parts])
-            day = torch.cat([torch.full((r.numel(),), t, dtype=torch.float64) for t, r, _ in parts])
-            g = torch.cat([gt for _, _, gt in parts]).double()
-            lag = (day[:, None] - day[None, :]).abs()
-            R[rows[:, None], rows[None, :]] = ((g @ g.T).cpu() * self.rho[c] ** lag)
-        for t, o in enumerate(self.obs_reps):
-            if o is not None and o.hm is not None:
-                sl = slice(int(self.bounds[t]), int(self.bounds[t + 1]))
-                hd = o.hm.double().cpu()
-                R[sl, sl] += hd @ hd.T
-        R += torch.diag(torch.as_tensor(np.asarray(sigma, dtype=np.float64) ** 2))
-        super().__init__(torch.linalg.cholesky(R).to(reps[0].amplitude.device))
+            at = np.cumsum([0] + [int(r.numel()) for _, r, _ in parts])
+            g = [gt.double() for _, _, gt in parts]
+            block = torch.empty((int(at[-1]), int(at[-1])), dtype=torch.float64)
+            for i, (s, _, _) in enumerate(parts):  # ρ^|s−t| G_s G_tᵀ, each pair of days once (symmetric)
+                for j in range(i, len(parts)):
+                    b = (g[i] @ g[j].T).cpu() * float(self.rho[c] ** abs(parts[j][0] - s))
+                    block[at[i]:at[i + 1], at[j]:at[j + 1]] = b
+                    if j > i:
+                        block[at[j]:at[j + 1], at[i]:at[i + 1]] = b.T
+            blocks.append((rows, block))
+        with_modes = any(o is not None and o.hm is not None for o in self.obs_reps)
+        if with_modes:
+            R = torch.zeros((n, n), dtype=torch.float64)
+            for rows, block in blocks:
+                R[rows[:, None], rows[None, :]] = block
+            for t, o in enumerate(self.obs_reps):
+                if o is not None and o.hm is not None:
+                    sl = slice(int(self.bounds[t]), int(self.bounds[t + 1]))
+                    hd = o.hm.double().cpu()
+                    R[sl, sl] += hd @ hd.T
+            R += torch.diag(var_o)
+            self.channel_blocks = None
+            super().__init__(torch.linalg.cholesky(R).to(dev))
+        else:
+            if sum(int(rows.numel()) for rows, _ in blocks) != n:
+                raise ValueError(f"the channels' rows ({sum(int(r.numel()) for r, _ in blocks)}) do not cover the "
+                                 f"window's {n} rows")
+            self.channel_blocks = [(rows.to(dev), torch.linalg.cholesky(block + torch.diag(var_o[rows])).to(dev))
+                                   for rows, block in blocks]
+
+    def whiten(self, r: torch.Tensor) -> Whitened:
+        """L⁻¹ r for r (B, n) float64 (channel by channel when R is block-diagonal over channels)."""
+        if self.channel_blocks is None:
+            return super().whiten(r)
+        r = r.double()
+        return Whitened(torch.cat([torch.linalg.solve_triangular(L, r[:, rows].T, upper=False).T
+                                   for rows, L in self.channel_blocks], dim=1), None)
+
+    def solve(self, r: torch.Tensor) -> torch.Tensor:
+        """R⁻¹ r for r (B, n), float64, in the rows' order."""
+        if self.channel_blocks is None:
+            return super().solve(r)
+        r = r.double()
+        out = torch.empty_like(r)
+        for rows, L in self.channel_blocks:
+            out[:, rows] = torch.cholesky_solve(r[:, rows].T, L).T
+        return out
 
     def increment(self, v: torch.Tensor) -> torch.Tensor:
         """Cov(eta, H eta) v for weights v (B, n) -> (B, T C, nlat, nlon), dtype of v: day t gets
