@@ -29,8 +29,10 @@ def _alive(procs: list[psutil.Process]) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.failure
 def test_kill9_of_backfill_leaves_no_process_and_the_run_is_marked_crashed(tmp_path, world):
-    cfg_path = world.write_config(tmp_path, backfill={"start": "2005-01-01", "end": "2005-01-10"},
-                                  assimilation={"block_days": 1})
+    # all 31 observed days in blocks of one day: the run must still be going 2 s after the archive appears, when it
+    # is killed (10 days of the tiny prior can be done by then on a fast, idle machine)
+    cfg_path = world.write_config(tmp_path, backfill={"start": "2005-01-01", "end": "2005-01-31"},
+                                  archive={"end": "2005-01-31"}, assimilation={"block_days": 1})
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"),
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     env.pop("PREFECT_API_URL", None)
