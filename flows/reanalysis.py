@@ -7,9 +7,11 @@ written.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -33,6 +35,15 @@ def ensure_archive(cfg: RunConfig) -> str:
         raise FileNotFoundError(f"no prior checkpoint at {storage.redact(cfg.prior_path)}; train it first: "
                                 f"`latentda train --config {cfg.source or 'CONFIG'}`")
     return init_archive(cfg)
+
+
+def in_background(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    """``fn(*args)`` in a thread of its own, in this flow run's context (the Dask task runner, the run logger)."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latentda-start")
+    try:
+        return pool.submit(contextvars.copy_context().run, fn, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def run_blocks(cfg: RunConfig, todo: list[str], force: bool, progress: DayProgress
@@ -92,10 +103,17 @@ def _reanalysis(config_path: str, start: str | None = None, end: str | None = No
     t0 = time.perf_counter()
     cfg = load_config(config_path, overrides)
     s, e = backfill.day_range(cfg, start, end)
-    warming = warm_workers(cfg)  # the workers import torch and load the prior while this process goes on
-    run_observations(cfg)  # read (and so check) the observation entry before the archive is created
-    status = ensure_archive(cfg)
-    plan = plan_backfill(cfg, str(s.date()), str(e.date()))
+    # the cluster starts, and its workers load the prior and the table, while this thread reads the table, creates
+    # or checks the archive and plans the days (each of the two took 0.1-0.3 s)
+    starting = in_background(warm_workers, cfg)
+    try:
+        run_observations(cfg)  # read (and so check) the observation entry before the archive is created
+        status = ensure_archive(cfg)
+        plan = plan_backfill(cfg, str(s.date()), str(e.date()))
+    except BaseException:
+        concurrent.futures.wait([starting])  # a cluster being started is up (and closed with the run) or failed
+        raise
+    warming = starting.result()
     all_missing = plan["missing"]
     wanted = [str(d.date()) for d in pd.date_range(s, e, freq="D")]
     todo = wanted if force else plan["todo"]
