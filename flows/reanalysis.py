@@ -20,8 +20,8 @@ from latentda import backfill, storage
 from latentda.config import RunConfig, load_config
 from latentda.obs.qc import format_counts
 from tasks.archive import init_archive, missing_days, register_archive, validate_archive
-from tasks.assimilate import (assimilate_block, plan_backfill, run_observations, set_progress_hook, split_blocks,
-                              warm_workers)
+from tasks.assimilate import (assimilate_block, plan_backfill, release_cluster, run_observations, set_progress_hook,
+                              split_blocks, warm_workers)
 from tasks.evaluate import evaluate
 
 from . import BackfillIncomplete, untagged_tasks
@@ -123,6 +123,24 @@ def _reanalysis(config_path: str, start: str | None = None, end: str | None = No
         written, failed, outcomes, n_blocks = run_blocks(cfg, todo, force, bar)
     for fut in warming:  # a failed warm-up shows up again, named, in the days it would have served
         fut.release()
+    closing = in_background(release_cluster)  # no Dask work is left: the workers end while the archive is checked
+    try:
+        return _finish(cfg, config_path, (s, e, t0, evaluate_skill), (wanted, todo, all_missing),
+                       (written, failed, outcomes, n_blocks))
+    finally:
+        concurrent.futures.wait([closing])
+        if closing.exception() is not None:
+            log.warning("closing the Dask cluster: %s: %s", type(closing.exception()).__name__, closing.exception())
+
+
+def _finish(cfg: RunConfig, config_path: str, run: tuple, plan: tuple, result: tuple) -> dict:
+    """Validate, register, evaluate and summarise a backfill whose days are done (the rest of :func:`_reanalysis`):
+    ``run`` = (start, end, t0, evaluate_skill), ``plan`` = (wanted, todo, all_missing), ``result`` = what
+    :func:`run_blocks` returned."""
+    log = get_run_logger()
+    s, e, t0, evaluate_skill = run
+    wanted, todo, all_missing = plan
+    written, failed, outcomes, n_blocks = result
     qc = backfill.summarise_outcomes(outcomes)
     if any(k != "used" for k in qc["qc"]):
         log.warning("QC rejections over %s..%s: %s", s.date(), e.date(), format_counts(qc["qc"]))
