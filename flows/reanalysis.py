@@ -39,7 +39,7 @@ def ensure_archive(cfg: RunConfig) -> str:
 
 def in_background(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
     """``fn(*args)`` in a thread of its own, in this flow run's context (the Dask task runner, the run logger)."""
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latentda-start")
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latentda-flow")
     try:
         return pool.submit(contextvars.copy_context().run, fn, *args)
     finally:
