@@ -7,9 +7,11 @@ written.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -18,8 +20,8 @@ from latentda import backfill, storage
 from latentda.config import RunConfig, load_config
 from latentda.obs.qc import format_counts
 from tasks.archive import init_archive, missing_days, register_archive, validate_archive
-from tasks.assimilate import (assimilate_block, plan_backfill, run_observations, set_progress_hook, split_blocks,
-                              warm_workers)
+from tasks.assimilate import (assimilate_block, plan_backfill, release_cluster, run_observations, set_progress_hook,
+                              split_blocks, warm_workers)
 from tasks.evaluate import evaluate
 
 from . import BackfillIncomplete, untagged_tasks
@@ -33,6 +35,15 @@ def ensure_archive(cfg: RunConfig) -> str:
         raise FileNotFoundError(f"no prior checkpoint at {storage.redact(cfg.prior_path)}; train it first: "
                                 f"`latentda train --config {cfg.source or 'CONFIG'}`")
     return init_archive(cfg)
+
+
+def in_background(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    """``fn(*args)`` in a thread of its own, in this flow run's context (the Dask task runner, the run logger)."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latentda-flow")
+    try:
+        return pool.submit(contextvars.copy_context().run, fn, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def run_blocks(cfg: RunConfig, todo: list[str], force: bool, progress: DayProgress
@@ -92,10 +103,17 @@ def _reanalysis(config_path: str, start: str | None = None, end: str | None = No
     t0 = time.perf_counter()
     cfg = load_config(config_path, overrides)
     s, e = backfill.day_range(cfg, start, end)
-    warming = warm_workers(cfg)  # the workers import torch and load the prior while this process goes on
-    run_observations(cfg)  # read (and so check) the observation entry before the archive is created
-    status = ensure_archive(cfg)
-    plan = plan_backfill(cfg, str(s.date()), str(e.date()))
+    # the cluster starts, and its workers load the prior and the table, while this thread reads the table, creates
+    # or checks the archive and plans the days (each of the two took 0.1-0.3 s)
+    starting = in_background(warm_workers, cfg)
+    try:
+        run_observations(cfg)  # read (and so check) the observation entry before the archive is created
+        status = ensure_archive(cfg)
+        plan = plan_backfill(cfg, str(s.date()), str(e.date()))
+    except BaseException:
+        concurrent.futures.wait([starting])  # a cluster being started is up (and closed with the run) or failed
+        raise
+    warming = starting.result()
     all_missing = plan["missing"]
     wanted = [str(d.date()) for d in pd.date_range(s, e, freq="D")]
     todo = wanted if force else plan["todo"]
@@ -105,6 +123,24 @@ def _reanalysis(config_path: str, start: str | None = None, end: str | None = No
         written, failed, outcomes, n_blocks = run_blocks(cfg, todo, force, bar)
     for fut in warming:  # a failed warm-up shows up again, named, in the days it would have served
         fut.release()
+    closing = in_background(release_cluster)  # no Dask work is left: the workers end while the archive is checked
+    try:
+        return _finish(cfg, config_path, (s, e, t0, evaluate_skill), (wanted, todo, all_missing),
+                       (written, failed, outcomes, n_blocks))
+    finally:
+        concurrent.futures.wait([closing])
+        if closing.exception() is not None:
+            log.warning("closing the Dask cluster: %s: %s", type(closing.exception()).__name__, closing.exception())
+
+
+def _finish(cfg: RunConfig, config_path: str, run: tuple, plan: tuple, result: tuple) -> dict:
+    """Validate, register, evaluate and summarise a backfill whose days are done (the rest of :func:`_reanalysis`):
+    ``run`` = (start, end, t0, evaluate_skill), ``plan`` = (wanted, todo, all_missing), ``result`` = what
+    :func:`run_blocks` returned."""
+    log = get_run_logger()
+    s, e, t0, evaluate_skill = run
+    wanted, todo, all_missing = plan
+    written, failed, outcomes, n_blocks = result
     qc = backfill.summarise_outcomes(outcomes)
     if any(k != "used" for k in qc["qc"]):
         log.warning("QC rejections over %s..%s: %s", s.date(), e.date(), format_counts(qc["qc"]))

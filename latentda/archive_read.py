@@ -152,11 +152,42 @@ def store_layout(url: str, storage_options: Mapping[str, Any] | None = None) -> 
                        variables=list(variables), members=members, has_status=STATUS in names, group=group)
 
 
+#: Ranges of at most this many days read their flags chunk by chunk (a day's own check before it is assimilated);
+#: longer ones list the stored chunks first (:func:`_stored_values`).
+LIST_FLAGS_ABOVE = 32
+
+
+def _stored_values(arr: Any, sl: slice) -> np.ndarray:
+    """``arr[sl]`` of a one-dimensional array with one element per chunk (a day's flag), reading only the chunks
+    that are stored: one listing of the array's keys, then those chunks; a day never written is a missing chunk
+    (the fill value). Reading every chunk of a year's flags cost 66 ms on a local disk (a request per day on an
+    object store), nearly all of it for days not written yet; a fresh archive's flags now read no chunk at all."""
+    from zarr.core.sync import sync
+
+    if arr.ndim != 1 or arr.chunks != (1,) or sl.stop - sl.start <= LIST_FLAGS_ABOVE:
+        return np.asarray(arr[sl])
+
+    async def keys() -> list[str]:
+        return [k async for k in arr.store_path.store.list_prefix(f"{arr.store_path.path}/")]
+
+    try:
+        listed = set(sync(keys()))
+    except Exception:  # noqa: BLE001 - a store that cannot list: read every chunk
+        return np.asarray(arr[sl])
+    key = arr.metadata.chunk_key_encoding.encode_chunk_key
+    idx = np.array([i for i in range(sl.start, sl.stop) if f"{arr.store_path.path}/{key((i,))}" in listed],
+                   dtype=np.int64)
+    out = np.full(sl.stop - sl.start, arr.fill_value, dtype=arr.dtype)
+    if idx.size:
+        out[idx - sl.start] = arr.get_orthogonal_selection(idx)
+    return out
+
+
 def day_status(url: str, storage_options: Mapping[str, Any] | None = None, start: Any = None,
                end: Any = None) -> pd.Series:
     """``done`` flag per day (bool Series indexed by date) over ``start..end`` (default: the whole period)."""
     group, t, sl = _status_arrays(url, storage_options, start, end)
-    vals = np.asarray(group[DONE][sl]).astype(bool)
+    vals = _stored_values(group[DONE], sl).astype(bool)
     return pd.Series(vals, index=pd.DatetimeIndex(t[sl], name="time"), name=DONE)
 
 
@@ -165,9 +196,9 @@ def day_states(url: str, storage_options: Mapping[str, Any] | None = None, start
     """Per day of ``start..end``: ``done`` (bool) and ``status`` (:data:`NOT_WRITTEN`, :data:`PRELIMINARY`,
     :data:`FINAL`; an archive made before statuses existed reads FINAL for its done days), indexed by date."""
     group, t, sl = _status_arrays(url, storage_options, start, end)
-    done = np.asarray(group[DONE][sl]).astype(bool)
+    done = _stored_values(group[DONE], sl).astype(bool)
     if STATUS in group:
-        st = np.asarray(group[STATUS][sl]).astype(np.int8)
+        st = _stored_values(group[STATUS], sl).astype(np.int8)
     else:
         st = np.where(done, FINAL, NOT_WRITTEN).astype(np.int8)
     return pd.DataFrame({"done": done, "status": st}, index=pd.DatetimeIndex(t[sl], name="time"))

@@ -98,6 +98,20 @@ def _client():
         return None
 
 
+def release_cluster() -> bool:
+    """Close the Dask client and the cluster of the running flow's Dask task runner now (what the runner does when
+    the flow run ends; its own exit then finds nothing left to close); True if there was one. For a flow whose
+    Dask work is over: the workers end while the flow goes on (validation, the catalog) instead of after it."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx is not None else None
+    if runner is None or getattr(runner, "_client", None) is None or not hasattr(runner, "_exit_stack"):
+        return False
+    runner._exit_stack.close()  # prefect_dask's stack: the client, then the cluster it started (if it did)
+    return True
+
+
 def dask_placement() -> str:
     """Where :func:`map_days` runs days now, in words (for the logs)."""
     client = _client()

@@ -122,6 +122,32 @@ def test_done_flag_without_data_fails_validation(tmp_path, tiny_prior_path):
         lib.validate_archive(url)
 
 
+def test_flags_read_only_stored_chunks_same_values(tmp_path, tiny_prior_path):
+    """day_states / day_status over more than LIST_FLAGS_ABOVE days read the flags of the days whose chunk is
+    stored (one listing; none for a fresh archive) and give what a read of every chunk gives: a stored 0 (a flag
+    unset before a rewrite) is not done."""
+    import zarr
+
+    from latentda import archive_read
+
+    _, prior = tiny_prior_path
+    url = str(tmp_path / "a.zarr")
+    lib.create_archive(url, lib.archive_spec(prior, "2005-01-01", "2005-03-31", members=MEMBERS))
+    assert not lib.day_states(url)["done"].any()
+    lib._write_done(url, None, 1)
+    lib._write_done(url, None, 3)
+    lib._write_done(url, None, 3, 0)
+    lib._write_done(url, None, 40)
+    g = zarr.open_group(url, mode="r", zarr_format=3)
+    states = lib.day_states(url, start="2005-01-02", end="2005-03-01")
+    assert len(states) > archive_read.LIST_FLAGS_ABOVE
+    assert list(states["done"]) == list(np.asarray(g[lib.DONE][1:60]).astype(bool))
+    assert list(states["status"]) == list(np.asarray(g[lib.STATUS][1:60]))
+    assert list(np.nonzero(lib.day_status(url).to_numpy())[0]) == [1, 40]
+    assert lib.missing_days(url, "2005-01-01", "2005-03-31") == [d for i, d in enumerate(
+        pd.date_range("2005-01-01", "2005-03-31")) if i not in (1, 40)]
+
+
 def test_mismatched_store_refused_and_untouched(written, tmp_path):
     url, spec, prior = written
     before = _zarr_json_bytes(url)

@@ -404,3 +404,30 @@ def test_local_workers_fork_with_torch_imported_and_see_later_environment(monkey
         assert client.submit(os.environ.get, "LATENTDA_TEST_LATE_VARIABLE").result() == "set-after-the-forkserver"
         assert client.submit(lambda: "torch" in sys.modules).result()  # imported by the forkserver, not the task
         assert client.submit(os.environ.get, "OMP_NUM_THREADS").result() == "1"  # Dask's pre-spawn environment
+
+
+def test_local_clusters_quiet_periodic_work_unless_configured():
+    """flows.runners.quiet_local_cluster: the profiler, tick and system-monitor settings of local clusters change
+    only where the Dask config still has distributed's default, and the nannies pass them to their workers."""
+    import copy
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from flows import runners
+
+    saved = copy.deepcopy(dask.config.config)
+    try:
+        dask.config.set({"distributed.admin.tick.interval": "50ms", "distributed.worker.profile.enabled": True,
+                         "distributed.admin.system-monitor.interval": "500ms"})
+        changed = runners.quiet_local_cluster()
+        assert "distributed.admin.tick.interval" not in changed
+        assert dask.config.get("distributed.admin.tick.interval") == "50ms"  # a value of the user's
+        assert dask.config.get("distributed.worker.profile.enabled") is False
+        assert dask.config.get("distributed.admin.system-monitor.interval") == "2s"
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+            assert client.submit(dask.config.get, "distributed.worker.profile.enabled").result() is False
+    finally:
+        dask.config.config.clear()
+        dask.config.config.update(saved)

@@ -149,6 +149,31 @@ def test_failed_block_then_rerun_completes_only_missing_days(tmp_path, world, mo
 
 
 @pytest.mark.slow
+def test_archive_refused_while_the_cluster_starts_leaves_no_worker(tmp_path, world, tiny_prior_path, monkeypatch):
+    """The cluster starts in a thread of its own while the flow checks the archive: a mismatching archive fails the
+    run, and the worker processes that were starting (here: late) end with it."""
+    import time
+
+    import psutil
+
+    from flows import reanalysis
+    from flows.reanalysis import run_reanalysis
+
+    real = reanalysis.warm_workers
+    monkeypatch.setattr(reanalysis, "warm_workers", lambda cfg: (time.sleep(2), real(cfg))[1])
+    cfg_path = world.write_config(tmp_path)  # two worker processes
+    cfg = load_config(cfg_path)
+    lib.create_archive(cfg.archive_url, lib.archive_spec(tiny_prior_path[1], "2005-01-01", "2005-01-04", members=4))
+    with pytest.raises(lib.ArchiveMismatchError, match="period"):
+        run_reanalysis(cfg_path, progress=False, evaluate_skill=False)
+    time.sleep(3)  # a cluster started after the run ended would be up by now
+    servers = [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
+    assert servers  # the workers are forks of it (flows.runners.start_worker_forkserver)
+    workers = [w for p in servers for w in p.children() if w.status() != psutil.STATUS_ZOMBIE]
+    assert workers == [], workers
+
+
+@pytest.mark.slow
 def test_daily_writes_one_day_then_skips(tmp_path, world):
     from flows.daily import run_daily
 
