@@ -100,40 +100,48 @@ def template(spec: ArchiveSpec, attrs: Mapping[str, Any] | None = None) -> xr.Da
     nt, (ny, nx) = len(t), spec.grid.shape
     k = spec.members_to_keep
     data: dict[str, Any] = {}
+
+    def full(var: str, shape: tuple[int, ...], fill, dtype):
+        """A lazy constant array named by what it holds: a given name spares dask the tokenize of the creation
+        function (a cloudpickle scan of sys.modules, ~0.15 s per archive in a process that imported torch)."""
+        dt = np.dtype(dtype)
+        return dsa.full(shape, fill, dtype=dt, chunks=-1,
+                        name=f"latentda-template-{var}-{'x'.join(map(str, shape))}-{dt.str}-{fill}")
+
     for v in spec.variables:
         a = {kk: vv for kk, vv in dict(spec.var_attrs.get(v, {})).items() if kk != "_FillValue"}
         # CF 7.3: the ensemble statistics keep the field's standard_name; cell_methods appends the statistic
         # over the ensemble axis (the standard name "realization", the member coordinate) to the field's methods
         methods = a.get("cell_methods", "")
-        data[v] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32, chunks=-1),
+        data[v] = (("time", "lat", "lon"), full(v, (nt, ny, nx), np.nan, np.float32),
                    dict(a, cell_methods=f"{methods} realization: mean".strip()))
         sa = {kk: vv for kk, vv in a.items() if kk in ("units", "standard_name")}
         sa["long_name"] = f"ensemble standard deviation of {a.get('long_name', v)}"
         sa["cell_methods"] = f"{methods} realization: standard_deviation".strip()
-        data[f"{v}_spread"] = (("time", "lat", "lon"), dsa.full((nt, ny, nx), np.nan, dtype=np.float32,
-                                                                chunks=-1), sa)
+        data[f"{v}_spread"] = (("time", "lat", "lon"), full(f"{v}_spread", (nt, ny, nx), np.nan,
+                                                                np.float32), sa)
         if k:
             ma = dict(a, long_name=f"ensemble members of {a.get('long_name', v)}")
             data[f"{v}_members"] = (("time", "member", "lat", "lon"),
-                                    dsa.full((nt, k, ny, nx), np.nan, dtype=np.float32, chunks=-1), ma)
+                                    full(f"{v}_members", (nt, k, ny, nx), np.nan, np.float32), ma)
     for name in DIAGNOSTICS:
         dt = DIAG_DTYPES.get(name, np.float32)
         fill = 0 if np.issubdtype(dt, np.integer) else np.nan
-        data[name] = (("time",), dsa.full((nt,), fill, dtype=dt, chunks=-1), dict(DIAG_ATTRS[name]))
+        data[name] = (("time",), full(name, (nt,), fill, dt), dict(DIAG_ATTRS[name]))
     for name, ln in PROVENANCE_VARS.items():
-        data[name] = (("time", HASH_DIM), dsa.zeros((nt, 32), dtype=np.uint8, chunks=-1),
+        data[name] = (("time", HASH_DIM), full(name, (nt, 32), 0, np.uint8),
                       {"long_name": ln, "units": "1",
                        "comment": "32 bytes of the digest; latentda.archive.hexdigest() gives hex; "
                                   "all zero for a day not written"})
-    data[STATUS] = (("time",), dsa.zeros((nt,), dtype=np.int8, chunks=-1),
+    data[STATUS] = (("time",), full(STATUS, (nt,), 0, np.int8),
                     {"long_name": "analysis status: preliminary while observations of the assimilation window "
                                   "[d - k, d + k] were still to come when the day was written, else final",
                      "flag_values": [NOT_WRITTEN, PRELIMINARY, FINAL],
                      "flag_meanings": "not_written preliminary final", "units": "1"})
-    data[WINDOW_OBSERVED] = (("time",), dsa.zeros((nt,), dtype=np.int16, chunks=-1),
+    data[WINDOW_OBSERVED] = (("time",), full(WINDOW_OBSERVED, (nt,), 0, np.int16),
                              {"long_name": "days of the assimilation window [d - k, d + k] with observations when "
                                            "the day was written", "units": "1"})
-    data[DONE] = (("time",), dsa.zeros((nt,), dtype=np.int8, chunks=-1),
+    data[DONE] = (("time",), full(DONE, (nt,), 0, np.int8),
                   {"long_name": "day complete (written after all of the day's data)", "flag_values": [0, 1],
                    "flag_meanings": "missing done", "units": "1"})
     coords = {
