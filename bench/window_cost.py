@@ -59,10 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def t_rmse(out, truth) -> float:
-    """Area-weighted RMSE (K) of the ensemble-mean temperature against the truth field (nlat, nlon)."""
-    w = np.cos(np.deg2rad(truth["lat"].values))[:, None] * np.ones(truth.shape[-1])
-    err = out["air_temperature"].values[0] - truth.values
-    return float(np.sqrt((w * err ** 2).sum() / w.sum()))
+    """``latentda.metrics.rmse`` (K, latitude-weighted) of the ensemble-mean temperature against the truth field
+    (lat, lon), on the analysis's grid coordinates."""
+    from latentda import metrics
+
+    mean = out["air_temperature"].isel(time=0).astype(np.float64)
+    return float(metrics.rmse(mean, mean.copy(data=truth.transpose("lat", "lon").values.astype(np.float64))))
 
 
 def main(argv=None) -> dict:
