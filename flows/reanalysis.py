@@ -8,10 +8,11 @@ written.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -44,6 +45,20 @@ def in_background(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Futu
         return pool.submit(contextvars.copy_context().run, fn, *args)
     finally:
         pool.shutdown(wait=False)
+
+
+@contextlib.contextmanager
+def cluster_closing() -> Iterator[None]:
+    """Close the running flow's Dask cluster (:func:`tasks.assimilate.release_cluster`) in a thread while the body
+    runs; wait for it after the body, a failure to close logged as a warning."""
+    closing = in_background(release_cluster)
+    try:
+        yield
+    finally:
+        concurrent.futures.wait([closing])
+        if closing.exception() is not None:
+            get_run_logger().warning("closing the Dask cluster: %s: %s", type(closing.exception()).__name__,
+                                     closing.exception())
 
 
 def run_blocks(cfg: RunConfig, todo: list[str], force: bool, progress: DayProgress
@@ -123,58 +138,41 @@ def _reanalysis(config_path: str, start: str | None = None, end: str | None = No
         written, failed, outcomes, n_blocks = run_blocks(cfg, todo, force, bar)
     for fut in warming:  # a failed warm-up shows up again, named, in the days it would have served
         fut.release()
-    closing = in_background(release_cluster)  # no Dask work is left: the workers end while the archive is checked
-    try:
-        return _finish(cfg, config_path, (s, e, t0, evaluate_skill), (wanted, todo, all_missing),
-                       (written, failed, outcomes, n_blocks))
-    finally:
-        concurrent.futures.wait([closing])
-        if closing.exception() is not None:
-            log.warning("closing the Dask cluster: %s: %s", type(closing.exception()).__name__, closing.exception())
-
-
-def _finish(cfg: RunConfig, config_path: str, run: tuple, plan: tuple, result: tuple) -> dict:
-    """Validate, register, evaluate and summarise a backfill whose days are done (the rest of :func:`_reanalysis`):
-    ``run`` = (start, end, t0, evaluate_skill), ``plan`` = (wanted, todo, all_missing), ``result`` = what
-    :func:`run_blocks` returned."""
-    log = get_run_logger()
-    s, e, t0, evaluate_skill = run
-    wanted, todo, all_missing = plan
-    written, failed, outcomes, n_blocks = result
-    qc = backfill.summarise_outcomes(outcomes)
-    if any(k != "used" for k in qc["qc"]):
-        log.warning("QC rejections over %s..%s: %s", s.date(), e.date(), format_counts(qc["qc"]))
-    if qc["prior_only"]:
-        log.warning("%d day(s) analysed from the prior alone (no usable observation; no_obs=1 in the archive): %s",
-                    len(qc["prior_only"]), ", ".join(qc["prior_only"]))
-    report = validate_archive(cfg, str(s.date()), str(e.date()))
-    catalog_path = register_archive(cfg)
-    newly = len(set(written) & set(all_missing))
-    summary: dict[str, Any] = {
-        "archive": storage.redact(cfg.archive_url), "catalog": catalog_path, "entry": cfg.archive.name,
-        "feedback_entry": backfill.feedback_entry_name(cfg), "config": str(cfg.source or config_path),
-        "range": [str(s.date()), str(e.date())], "days_requested": len(wanted), "days_todo": len(todo),
-        "days_written": len(written), "written": sorted(written), "blocks": n_blocks,
-        "failed": [{"day": d, "error": err} for d, err in sorted(failed.items())],
-        "qc": qc["qc"], "prior_only": qc["prior_only"],
-        "range_days_done": report["done"], "archive_days": cfg.archive.period.days,
-        "archive_days_done": cfg.archive.period.days - len(all_missing) + newly,
-        "seconds": round(time.perf_counter() - t0, 1)}
-    if evaluate_skill:
-        ev = evaluate(cfg, str(s.date()), str(e.date()))
-        summary.update(fit=ev["fit"], truth=ev["truth"], stations=ev["stations"], days_evaluated=ev["days"])
-    log.info("reanalysis summary: %s", json.dumps({k: v for k, v in summary.items() if k != "written"},
-                                                  default=str))
-    if failed:
-        # what is kept is what the archive says is done now (a block that failed as a whole may have written
-        # some of its days before it failed): the days of this run written, plus those done now that were not
-        still = set(missing_days(cfg, str(s.date()), str(e.date())))
-        before = set(all_missing)
-        kept = set(written) | {d for d in todo if d in before and d not in still}
-        for d in kept:
-            failed.pop(d, None)
-        raise BackfillIncomplete(incomplete_message(failed, len(todo), len(kept), qc))
-    return summary
+    with cluster_closing():  # no Dask work is left: the workers end while the archive is checked
+        qc = backfill.summarise_outcomes(outcomes)
+        if any(k != "used" for k in qc["qc"]):
+            log.warning("QC rejections over %s..%s: %s", s.date(), e.date(), format_counts(qc["qc"]))
+        if qc["prior_only"]:
+            log.warning("%d day(s) analysed from the prior alone (no usable observation; no_obs=1 in the archive): %s",
+                        len(qc["prior_only"]), ", ".join(qc["prior_only"]))
+        report = validate_archive(cfg, str(s.date()), str(e.date()))
+        catalog_path = register_archive(cfg)
+        newly = len(set(written) & set(all_missing))
+        summary: dict[str, Any] = {
+            "archive": storage.redact(cfg.archive_url), "catalog": catalog_path, "entry": cfg.archive.name,
+            "feedback_entry": backfill.feedback_entry_name(cfg), "config": str(cfg.source or config_path),
+            "range": [str(s.date()), str(e.date())], "days_requested": len(wanted), "days_todo": len(todo),
+            "days_written": len(written), "written": sorted(written), "blocks": n_blocks,
+            "failed": [{"day": d, "error": err} for d, err in sorted(failed.items())],
+            "qc": qc["qc"], "prior_only": qc["prior_only"],
+            "range_days_done": report["done"], "archive_days": cfg.archive.period.days,
+            "archive_days_done": cfg.archive.period.days - len(all_missing) + newly,
+            "seconds": round(time.perf_counter() - t0, 1)}
+        if evaluate_skill:
+            ev = evaluate(cfg, str(s.date()), str(e.date()))
+            summary.update(fit=ev["fit"], truth=ev["truth"], stations=ev["stations"], days_evaluated=ev["days"])
+        log.info("reanalysis summary: %s", json.dumps({k: v for k, v in summary.items() if k != "written"},
+                                                      default=str))
+        if failed:
+            # what is kept is what the archive says is done now (a block that failed as a whole may have written
+            # some of its days before it failed): the days of this run written, plus those done now that were not
+            still = set(missing_days(cfg, str(s.date()), str(e.date())))
+            before = set(all_missing)
+            kept = set(written) | {d for d in todo if d in before and d not in still}
+            for d in kept:
+                failed.pop(d, None)
+            raise BackfillIncomplete(incomplete_message(failed, len(todo), len(kept), qc))
+        return summary
 
 
 def run_reanalysis(config_path: str, start: str | None = None, end: str | None = None,
