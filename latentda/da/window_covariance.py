@@ -86,7 +86,8 @@ def draw_window_eta(reps: list[RepresentationError], seed: int, ordinals: list[i
 
 
 class WindowReprCovariance(CholeskyCovariance):
-    """The dense R of a window with the AR(1) representation error (module docstring).
+    """The R of a window with the AR(1) representation error (module docstring), formed densely: n × n, or one
+    block per variable without residual modes (below).
 
     ``reps``: day t's model (T,); ``operators``: day t's H of its used rows (None for a day without rows), rows of
     day t are ``bounds[t]:bounds[t + 1]`` of the window's rows; ``sigma`` (n,) observation error std (physical
