@@ -7,6 +7,7 @@ Run from the repository root::
     .venv/bin/python bench/backfill.py --config deploy/demo.yaml --days 8   # the demo (after `latentda train`)
     .venv/bin/python bench/backfill.py --config deploy/demo.yaml --days 31 --repeats 3 --json out/backfill.json
     .venv/bin/python bench/backfill.py --icechunk --days 12 --repeats 3      # + the flow on an Icechunk archive
+    .venv/bin/python bench/backfill.py --config deploy/demo.yaml --days 31 --repeats 3 --parallel-loop  # + ceiling
 
 Each repeat writes the same days into a fresh archive three ways:
 
@@ -17,6 +18,10 @@ Each repeat writes the same days into a fresh archive three ways:
 * ``flow-1w`` / ``flow-2w``: ``flows.reanalysis.run_reanalysis`` on a LocalCluster of 1 / 2 worker processes
   (wall time of the whole flow: flow and task runs on the Prefect API, cluster start, workers loading the prior
   and the table, archive creation, the days, validation, catalog registration, cluster teardown);
+* with ``--parallel-loop`` also ``library-2p``: the library loop in 2 processes at once (forked from the same
+  preloaded server as the workers), each loading the prior and the table and assimilating every other day into the
+  archive the parent created: the speed-up this machine gives two processes that share nothing but its cores,
+  the ceiling for ``flow-2w / flow-1w`` (its ratio ``library / library-2p`` is printed beside);
 * with ``--icechunk`` also ``flow-1w-icechunk`` / ``flow-2w-icechunk``: the same flows with ``archive.engine:
   icechunk`` (each block of days one commit), and their ratio to the Zarr flow on the same number of workers.
 
@@ -78,6 +83,43 @@ def synthetic_config(root: Path, members: int, days: int) -> dict:
             "cluster": {"profile": "local", "n_workers": 2, "threads_per_worker": 1}}
 
 
+def _loop_part(cfg_dict: dict, base_dir: str, days: list[str]) -> None:
+    """One process of ``library-2p``: the library loop over ``days`` at a Dask worker's thread counts."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    import latentda
+    from latentda import backfill
+    from latentda.config import config_from_dict
+    from tasks.catalog import read_table
+
+    torch.set_num_threads(1)
+    cfg = config_from_dict(cfg_dict, base_dir=Path(base_dir))
+    with threadpool_limits(1):
+        prior = latentda.load_prior(cfg.prior_path, device="cpu")
+        table = read_table(cfg.catalog.path, cfg.catalog.observations)
+        backfill.backfill(cfg, days, prior=prior, observations=table)
+
+
+def parallel_loop(cfg_dict: dict, base_dir: Path, days: list[str], n: int = 2) -> None:
+    """The library loop in ``n`` processes of the workers' forkserver, every n-th day each, into one archive."""
+    import latentda
+    from distributed.utils import get_mp_context
+    from latentda import backfill
+    from latentda.config import config_from_dict
+
+    cfg = config_from_dict(cfg_dict, base_dir=base_dir)
+    backfill.ensure_archive(cfg, latentda.load_prior(cfg.prior_path, device="cpu"))
+    ctx = get_mp_context()
+    procs = [ctx.Process(target=_loop_part, args=(cfg_dict, str(base_dir), days[i::n])) for i in range(n)]
+    for pr in procs:
+        pr.start()
+    for pr in procs:
+        pr.join()
+    if any(pr.exitcode for pr in procs):
+        raise RuntimeError(f"library-2p: a process failed (exit codes {[pr.exitcode for pr in procs]})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", help="benchmark this run config (its prior must exist); default: synthetic")
@@ -88,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--json", help="write {mode: {seconds: [...], median_s, days_per_min}} and the ratios here")
     p.add_argument("--icechunk", action="store_true", help="also run the flows on an Icechunk archive")
+    p.add_argument("--parallel-loop", action="store_true",
+                   help="also time the library loop in 2 processes at once (library-2p: this machine's ceiling)")
     args = p.parse_args(argv)
 
     import pandas as pd
@@ -126,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     engines = ["zarr", "icechunk"] if args.icechunk else ["zarr"]
     times: dict[str, list[float]] = {"library": [], "flow-1w": [], "flow-2w": []}
     times.update({f"flow-{n}w-icechunk": [] for n in (1, 2) if args.icechunk})
+    if args.parallel_loop:
+        times["library-2p"] = []
     same = True
     with prefect_api():
         for r in range(args.repeats):
@@ -141,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
                 backfill.backfill(cfg_lib, days, prior=prior, observations=table)
             times["library"].append(time.perf_counter() - t0)
             print(f"  repeat {r}: library  {times['library'][-1]:7.1f} s", flush=True)
+            if args.parallel_loop:
+                d = root / f"lib2p-{r}"
+                t0 = time.perf_counter()
+                parallel_loop(deep_merge(base, {"archive": {"url": str(d / "a.zarr")}}), base_dir, days)
+                times["library-2p"].append(time.perf_counter() - t0)
+                a, b = lib.open_archive(url), lib.open_archive(str(d / "a.zarr"))
+                eq = all(a[v].values.tobytes() == b[v].values.tobytes() for v in a.data_vars if v != "config_sha256")
+                same &= eq
+                print(f"  repeat {r}: library-2p {times['library-2p'][-1]:5.1f} s{'' if eq else '  BYTES DIFFER'}",
+                      flush=True)
             for n, engine in [(n, e) for n in (1, 2) for e in engines]:
                 mode = f"flow-{n}w" + ("-icechunk" if engine == "icechunk" else "")
                 d = root / f"{mode}-{r}"
@@ -169,6 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{mode:<17}{med:9.1f}{rate:11.1f}{rate / lib_rate:12.2f}")
     speedup = statistics.median(times["flow-1w"]) / statistics.median(times["flow-2w"])
     print(f"flow-2w / flow-1w speed-up: {speedup:.2f}")
+    # the same ratios repeat by repeat (the runs of one repeat are minutes apart, so they share the machine's state)
+    paired = [a / b for a, b in zip(times["flow-1w"], times["flow-2w"])]
+    print(f"flow-2w / flow-1w per repeat: {', '.join(f'{x:.2f}' for x in paired)} "
+          f"(median {statistics.median(paired):.2f})")
+    ceiling = paired_ceiling = None
+    if args.parallel_loop:
+        ceiling = statistics.median(times["library"]) / statistics.median(times["library-2p"])
+        paired_ceiling = [a / b for a, b in zip(times["library"], times["library-2p"])]
+        print(f"library / library-2p speed-up (this machine's ceiling for 2 processes): {ceiling:.2f}; per repeat: "
+              f"{', '.join(f'{x:.2f}' for x in paired_ceiling)} (median {statistics.median(paired_ceiling):.2f})")
     icechunk_over_zarr = {f"{n}w": statistics.median(times[f"flow-{n}w-icechunk"]) / statistics.median(
         times[f"flow-{n}w"]) for n in (1, 2) if args.icechunk}
     for k, v in icechunk_over_zarr.items():
@@ -179,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                "modes": {m: {"seconds": ts, "median_s": statistics.median(ts),
                              "days_per_min": len(days) / statistics.median(ts) * 60} for m, ts in times.items()},
                "flow_1w_over_library": statistics.median(times["flow-1w"]) / statistics.median(times["library"]),
-               "speedup_2w_over_1w": speedup, "identical": bool(same),
+               "speedup_2w_over_1w": speedup, "speedup_2w_over_1w_per_repeat": paired,
+               "speedup_library_2p": ceiling, "speedup_library_2p_per_repeat": paired_ceiling, "identical": bool(same),
                "icechunk_over_zarr_seconds": icechunk_over_zarr}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
