@@ -43,11 +43,13 @@ def _latents(ds, pinv) -> np.ndarray:
     return x @ pinv
 
 
-@pytest.mark.parametrize("sampler", ["rto", "laplace", "langevin"])
+@pytest.mark.parametrize("sampler", ["rto", "laplace", "langevin", "langevin-from-laplace"])
 def test_exact_posterior_of_linear_gaussian_toy(toy, sampler):
     prior, obs, mean, cov, pinv = toy
+    init = {"langevin_init": "laplace"} if sampler == "langevin-from-laplace" else {}
+    sampler = sampler.split("-")[0]
     ds = latentda.assimilate(prior, obs, DAY, members=M, seed=3, keep_members=True, sampler=sampler,
-                             representation_error="none", qc_threshold=float("inf"), tol=1e-3)
+                             representation_error="none", qc_threshold=float("inf"), tol=1e-3, **init)
     z = _latents(ds, pinv)
     sd = np.sqrt(np.diag(cov))
     # Monte-Carlo standard errors of the sample mean and covariance of M independent draws; 4.5 of them
@@ -61,6 +63,7 @@ def test_exact_posterior_of_linear_gaussian_toy(toy, sampler):
         assert 0.35 < float(ds["acceptance_rate"][0]) < 0.85
         assert float(ds["ess"][0]) > 0.05 * M * 100  # 100 post-burn-in steps per chain
         assert ds.attrs["latentda:sampler"] == "langevin"
+        assert ds.attrs["latentda:langevin_init"] == init.get("langevin_init", "map")
     else:
         assert "acceptance_rate" not in ds
 
@@ -72,8 +75,10 @@ def test_samplers_deterministic_from_the_seed(toy):
     a = latentda.assimilate(prior, obs, DAY, seed=4, **kw)
     b = latentda.assimilate(prior, obs, DAY, seed=4, **kw)
     c = latentda.assimilate(prior, obs, DAY, seed=5, **kw)
+    d = latentda.assimilate(prior, obs, DAY, seed=4, langevin_init="laplace", **kw)
     assert np.array_equal(a["air_temperature_members"].values, b["air_temperature_members"].values)
     assert not np.array_equal(a["air_temperature_members"].values, c["air_temperature_members"].values)
+    assert not np.array_equal(a["air_temperature_members"].values, d["air_temperature_members"].values)
 
 
 def test_bad_sampler_options_are_refused(toy):
@@ -83,6 +88,8 @@ def test_bad_sampler_options_are_refused(toy):
     for steps in (0, -3):
         with pytest.raises(ValueError, match=f"langevin_steps={steps} must be >= 1"):
             latentda.assimilate(prior, obs, DAY, members=2, sampler="langevin", langevin_steps=steps)
+    with pytest.raises(ValueError, match="langevin_init"):
+        latentda.assimilate(prior, obs, DAY, members=2, sampler="langevin", langevin_init="prior")
 
 
 def test_window_analysis_refuses_other_samplers():

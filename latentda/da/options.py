@@ -73,6 +73,10 @@ class AssimilationOptions(BaseModel):
     langevin_steps: StrictInt = Field(100, description="MALA steps after the burn-in (>= 1)")
     langevin_burnin: StrictInt = Field(100, ge=0, description="MALA burn-in steps adapting the step size")
     langevin_target_accept: float = Field(0.574, gt=0, lt=1, description="acceptance rate the burn-in adapts to")
+    langevin_init: Literal["map", "laplace"] = Field(
+        "map", description="where each MALA chain starts: at the MAP ('map') or at its member's Laplace draw "
+                           "MAP + L xi ('laplace': the chains start spread like the posterior's Gaussian "
+                           "approximation, so short chains are not a cloud around the MAP)")
 
     @field_validator("sampler")
     @classmethod

@@ -124,7 +124,8 @@ def assimilate(prior, observations: pd.DataFrame, time, members: int = 32, seed:
         ``window``: None or 0 here (a k >= 1 is the windowed analysis, :mod:`latentda.da.window`, whose options
         ``repr_time_correlation`` and ``window_neighbours`` have no effect on a per-day analysis).
         ``sampler``: "rto" (default, the cost above), "laplace" (MAP + Gauss-Newton Gaussian) or "langevin"
-        (preconditioned MALA from the MAP; ``langevin_steps``, ``langevin_burnin``, ``langevin_target_accept``;
+        (preconditioned MALA from the MAP; ``langevin_steps``, ``langevin_burnin``, ``langevin_target_accept``,
+        ``langevin_init`` "map" or "laplace" (each chain starts at its member's Laplace draw);
         diagnostics acceptance_rate, ess, step_size): :mod:`latentda.da.samplers`; eta is updated as for RTO.
 
     Cost and memory: besides the decoder passes, "obs": O(n²) memory and O(n³) time for the Cholesky factor of

@@ -13,7 +13,8 @@ Hessian there A = I + Jᵀ R⁻¹ J (J = ∂(H g)/∂z at ẑ by forward differe
 L Lᵀ = A⁻¹ and ξ_m the members' latent draws (stream STREAM_LATENT).
 
 ``langevin``: Metropolis-adjusted Langevin (MALA, Roberts & Tweedie 1996) preconditioned by the Laplace covariance
-P = A⁻¹ = L Lᵀ; every member is one chain started at ẑ. Proposal and acceptance (one line each)::
+P = A⁻¹ = L Lᵀ; every member is one chain, started at ẑ (``langevin_init="map"``) or at its Laplace draw
+ẑ + L ξ_m (``"laplace"``). Proposal and acceptance (one line each)::
 
     z' = z − (h/2) P ∇U(z) + √h L ξ,        log α = U(z) − U(z') + log q(z | z') − log q(z' | z),
     log q(b | a) = −‖L⁻¹(b − a + (h/2) P ∇U(a))‖² / (2h)
@@ -96,6 +97,8 @@ def langevin_members(cost: LatentCost, y64: np.ndarray, opts: AssimilationOption
     pot = _potential(cost, y64, M)
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(ordinal), STREAM_LANGEVIN])))
     z = z_hat.double().expand(M, d).clone()
+    if opts.langevin_init == "laplace":
+        z = z + cost.z_prior.double() @ L.T
     u, g = pot.value_and_grad(z.float())
     u, g = u.double(), g.double()
     log_h = math.log(min(1.0, 1.65 ** 2 / d ** (1.0 / 3.0)))
@@ -159,7 +162,7 @@ def sampler_attrs(opts: AssimilationOptions) -> dict:
         return {}
     if opts.sampler == "langevin":
         return {"sampler": "langevin", "langevin_steps": int(opts.langevin_steps),
-                "langevin_burnin": int(opts.langevin_burnin)}
+                "langevin_burnin": int(opts.langevin_burnin), "langevin_init": opts.langevin_init}
     return {"sampler": opts.sampler}
 
 
