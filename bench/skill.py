@@ -217,6 +217,7 @@ def aggregate(day_scores: list[dict], seconds: list[float], diags: list[dict]) -
                 "rmse_per_day": np.sqrt(mse).tolist(),  # for paired comparisons of methods on the same days
                 "bias": float(np.mean([r["bias"] for r in rows])),
                 "crps": float(np.mean([r["crps"] for r in rows])),
+                "crps_per_day": [float(r["crps"]) for r in rows],
                 "spread_skill": float(np.sqrt(np.mean([r["var"] for r in rows]))
                                       / np.sqrt(np.mean([r["mse_ens"] for r in rows]))),
                 "coverage90": float(np.mean([r["cov"] for r in rows])),
