@@ -120,3 +120,14 @@ def test_train_prior_with_flow_prior_fits_the_flow_after_the_vae():
     assert prior.flow is not None and prior.flow.fit_info["n_train"] > 0
     vae = tiny_prior(0).model.state_dict()
     assert all(torch.equal(t, vae[k]) for k, t in prior.model.state_dict().items())  # same VAE, flow on top
+
+
+def test_flow_rotations_by_default_only_for_zonally_symmetric_priors():
+    torch.set_num_threads(1)
+    base = tiny_prior(0)
+    fields = synthetic_fields(seed=0)
+    for symmetric, expected in ((True, PriorConfig().flow_rotations), (False, 1)):
+        cfg = PriorConfig.model_validate({**base.config.model_dump(), "zonal_symmetry": symmetric})
+        pae = add_flow(base.with_parts(cfg), fields, flow_hidden=8, flow_epochs=1, flow_transforms=1)
+        assert pae.flow.fit_info["rotations"] == expected
+    assert PriorConfig().flow_rotations > 1

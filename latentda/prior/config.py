@@ -67,8 +67,9 @@ class PriorConfig(BaseModel):
     flow_fit_on: Literal["mean", "sample"] = Field("mean", description="fit the flow to encoder means mu(x) or "
                                                    "to posterior samples mu + sigma * eps")
     flow_samples: int = Field(1, ge=1, description="posterior samples per day for flow_fit_on='sample'")
-    flow_rotations: int = Field(1, ge=1, description="evenly spaced longitude rotations of every training day "
-                                "for zonally symmetric data (zonal_symmetry; 1: none)")
+    flow_rotations: int = Field(8, ge=1, description="evenly spaced longitude rotations of every training day "
+                                "for zonally symmetric data (zonal_symmetry; 1: none; ignored otherwise). 8 doubled "
+                                "the flow's held-out gain over N(0, I) on the shipped prior (README, issue 12)")
 
     @model_validator(mode="after")
     def _flow_not_window(self) -> "PriorConfig":
