@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in a.json:
         path, _, prefix = spec.partition(":")
         for r in json.loads(Path(path).read_text())["records"]:
-            records.append(dict(r, method=prefix + r["method"]))
+            records.append(dict(r, method=prefix + (r.get("label") or r["method"])))  # label: prior/sampler
     print("\n".join(paired_rows(records, a.paired, labels) if a.paired else rows(records, labels, a.digits)))
     return 0
 
