@@ -21,6 +21,10 @@ import torch
 from ..obs.operator import PointOperator
 from .obs_covariance import CholeskyCovariance, DiagonalCovariance, Whitened, signed_inner, signed_quad
 
+#: Forward-difference step and perturbed latents per decoder batch of the Gauss-Newton Jacobian
+#: (:meth:`LatentCost.linearise`; the window cost's members' linearisation uses the same)
+FD_STEP, FD_CHUNK = 1e-2, 32
+
 
 class LatentCost:
     """J(z) for a batch of members, on the prior's device.
@@ -92,8 +96,8 @@ class LatentCost:
         u = self.covariance.whiten(self.target[idx] - self.observe(z).double())
         return 0.5 * ((z - self.z_prior[idx]).double() ** 2).sum(-1) + 0.5 * signed_quad(u)
 
-    def linearise(self, z0: torch.Tensor | None = None, step: float = 1e-2,
-                  chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Whitened]:
+    def linearise(self, z0: torch.Tensor | None = None, step: float = FD_STEP,
+                  chunk: int = FD_CHUNK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Whitened]:
         """Gauss-Newton linearisation of the observation term at ``z0`` (d,) (default 0, the prior mean).
 
         Returns ``P = (I + Jᵀ R⁻¹ J)⁻¹`` (d, d) float32, ``H g(z0)`` (n,) float64 and ``W = (L⁻¹ J)ᵀ`` (d, n)

@@ -54,7 +54,7 @@ from ..obs import qc as _qc
 from ..obs.operator import PointOperator
 from ..obs.schema import QC_OK, validate_observations
 from ..obs.window import row_days, window_coverage, window_days
-from .cost import LatentCost
+from .cost import FD_CHUNK, FD_STEP, LatentCost
 from .ensemble import STREAM_LATENT, day_ordinal, member_normals
 from .obs_covariance import BlockCovariance, observation_covariance
 from .options import AssimilationOptions, as_options
@@ -115,7 +115,7 @@ class WindowCost(LatentCost):
         z_hat = z_hat.reshape(-1).to(torch.float32)
         if self._linear_at is None or not torch.equal(self._linear_at[0], z_hat):
             with torch.no_grad():
-                self.jacobian_t(z_hat, 1e-2, 32)
+                self.jacobian_t(z_hat, FD_STEP, FD_CHUNK)  # as linearise(ẑ) computed it
         _, hz, jz = self._linear_at
         self.members_linearised = True
         return NeighboursLinearised(self, z_hat, hz, jz)
