@@ -31,6 +31,11 @@ DATA = ROOT / "latentda" / "data" / "heldsuarez_t31_daily.nc"
 TRAIN = ("2000-01-01", "2004-12-31")
 
 
+def training_fields(variables) -> xr.Dataset:
+    """The training years 2000-2004 of the shipped Held-Suarez data (``variables``; time, lat, lon), loaded."""
+    return normalize_grid(xr.open_dataset(DATA)).sortby("time")[list(variables)].sel(time=slice(*TRAIN)).load()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prior", required=True)
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     prior = latentda.load_prior(a.prior, device="cpu")
-    fields = normalize_grid(xr.open_dataset(DATA)).sortby("time")[prior.variables].sel(time=slice(*TRAIN)).load()
+    fields = training_fields(prior.variables)
     t0 = time.perf_counter()
     wp = add_window(prior, fields, a.window)
     seconds = time.perf_counter() - t0

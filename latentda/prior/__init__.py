@@ -10,8 +10,9 @@ Public API::
 
 Modules: ``config`` (PriorConfig; light, no torch), ``vae`` (network and loss terms), ``train`` (train_prior),
 ``checkpoint`` (Prior, checkpoint format), ``loading`` (load_prior), ``residual`` (leading modes of the
-reconstruction residual),
-``transition`` (the latent Markov chain of a window prior; ``train.add_window`` fits one to a day prior),
+reconstruction residual), ``mode_weights`` (their per-variable weights fitted on the validation days;
+``add_mode_weights`` weights an older prior's modes),
+``transition`` (the latent Markov chain of a window prior; ``windowfit.add_window`` fits one to a day prior),
 ``flow`` (the latent normalising flow z = f(u) of a flow prior; ``flowfit.add_flow`` fits one to a VAE prior).
 Everything but ``config`` is imported on first use, so the run config can be validated without importing torch.
 """
@@ -25,9 +26,10 @@ from .config import PriorConfig
 _LAZY = {
     "Prior": "checkpoint", "load_prior": "loading", "resolve_device": "checkpoint", "FORMAT": "checkpoint",
     "FORMAT_VERSION": "checkpoint", "train_prior": "train", "training_summary": "train", "ConvVAE": "vae",
-    "residual_modes": "residual", "remainder_std": "residual", "add_window": "train",
+    "residual_modes": "residual", "remainder_std": "residual", "add_window": "windowfit",
     "LatentTransition": "transition", "fit_transition": "transition",
     "LatentFlow": "flow", "fit_flow": "flow", "add_flow": "flowfit",
+    "add_mode_weights": "mode_weights", "fit_mode_weights": "mode_weights",
 }
 
 __all__ = ["PriorConfig", *_LAZY]

@@ -47,6 +47,10 @@ class PriorConfig(BaseModel):
     residual_modes: int = Field(0, ge=0, description="leading modes of the reconstruction residual on the training "
                                 "days kept for the representation-error covariance (0: none; see "
                                 "latentda.prior.residual)")
+    residual_mode_weights: bool = Field(True, description="shrink each variable's residual modes towards the "
+                                        "isotropic part by a weight in [0, 1] fitted on the validation days "
+                                        "(latentda.prior.mode_weights); checkpoints from before this field were "
+                                        "not weighted and load with False")
     window: int = Field(0, ge=0, le=15, description="half-width k in days of the window prior: 0 is the per-day "
                         "prior; k >= 1 adds a latent transition (latentda.prior.transition) and the assimilation "
                         "uses the observations of [d - k, d + k]")

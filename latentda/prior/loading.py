@@ -66,7 +66,8 @@ def prior_from_checkpoint(ckpt: dict, device: str = "auto", path: str = "<checkp
     resolve_device(device)  # an unavailable device is the caller's problem, not the checkpoint's
     try:
         meta = json.loads(ckpt["meta_json"])
-        config = PriorConfig.model_validate(meta["config"])
+        # checkpoints from before residual_mode_weights carry unweighted modes
+        config = PriorConfig.model_validate({"residual_mode_weights": False, **meta["config"]})
         model = ConvVAE(**meta["arch"])
         model.load_state_dict(ckpt["state_dict"], strict=True)
         variables = [str(v) for v in meta["variables"]]

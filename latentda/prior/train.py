@@ -35,6 +35,7 @@ from .checkpoint import Prior, resolve_device
 from .config import PriorConfig, as_config
 from .flowfit import fit_prior_flow
 from .repr_time import fit_window_parts
+from .mode_weights import weigh_prior_modes
 from .residual import residual_modes
 from .vae import ConvVAE, choose_n_down, kl_divergence, weighted_sq_error
 from .zonal import data_zonal_symmetry, fit_zonal_climatology
@@ -232,6 +233,7 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
             recon_std = torch.sqrt(sq / va.numel()).float().cpu().numpy()
             clim_rms = X[va].double().pow(2).mean(0).sqrt().float().cpu().numpy()
         train_anom = X[tr].cpu().numpy() if cfg.residual_modes else None
+        val_anom = X[va].cpu().numpy() if cfg.residual_modes and cfg.residual_mode_weights else None
     wn = grid.weights()[None, :, None]
     provenance = {
         "package": "latentda",
@@ -268,36 +270,10 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
     if cfg.residual_modes:
         with deterministic_torch(device, cfg.num_threads):
             prior.recon_modes, info = residual_modes(prior, train_anom, cfg.residual_modes)
-        prior.provenance["residual_modes"] = info
+            prior.provenance["residual_modes"] = info
+            if val_anom is not None:  # shrink each variable's modes by a weight fitted on the validation days
+                weigh_prior_modes(prior, val_anom)
     return prior
-
-
-def add_window(prior: Prior, fields: xr.Dataset, window: int) -> Prior:
-    """A window prior of half-width ``window`` from a day prior: the same VAE plus a latent transition fitted on
-    ``fields`` (the prior's training fields, time, lat, lon, physical; the prior's own block split and seed keep
-    the validation days out of the fit). Returns a new :class:`Prior`; ``prior`` is not modified."""
-    if prior.window:
-        raise ValueError(f"prior already is a window prior (window={prior.window}); add_window needs a day prior")
-    if prior.flow is not None:
-        raise ValueError("prior is a flow prior (config.flow_prior=True); the latent transition of a window prior "
-                         "is a model of z, not of the flow's u: use the VAE prior")
-    cfg = prior.config.model_copy(update={"window": int(window)})
-    cfg = PriorConfig.model_validate(cfg.model_dump())  # validates window
-    if cfg.window < 1:
-        raise ValueError(f"window={window!r} must be >= 1 for a window prior")
-    fields = normalize_grid(fields).sortby("time")
-    prior.check_compatible(fields, prior.variables)
-    times = fields["time"].values
-    train_idx, val_idx = split_blocks(times.size, cfg.val_fraction, cfg.val_block_days, cfg.seed)
-    X = torch.as_tensor(prior.anomalies(fields), device=prior.device)
-    with deterministic_torch(prior.device, cfg.num_threads):
-        transition = fit_window_parts(prior.encode, prior.decode, X, times, train_idx, val_idx, cfg.seed,
-                                      TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1, prior.grid.lat,
-                                      prior.variables)
-    out = prior.with_parts(cfg, transition=transition)
-    out.provenance["window_fit"] = {"data_sha256": array_sha256(to_array(fields, prior.variables, np.float32)),
-                                    "period": f"{str(times[0])[:10]}/{str(times[-1])[:10]}"}
-    return out
 
 
 def _package_version() -> str:
