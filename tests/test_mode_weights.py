@@ -84,6 +84,8 @@ def test_bad_fit_settings_and_inputs_are_refused():
     rs = np.ones((2, *GRID.shape))
     with pytest.raises(ValueError, match="residuals must be"):
         fit_mode_weights(modes, rs, np.zeros((5, 1, *GRID.shape)), GRID, L_KM, FIT)
+    with pytest.raises(ValueError, match="not positive definite"):
+        fit_mode_weights(modes, np.zeros_like(rs), np.ones((5, 2, *GRID.shape)), GRID, L_KM, FIT)
     with pytest.raises(ValueError, match="non-finite"):
         fit_mode_weights(modes, rs, np.full((5, 2, *GRID.shape), np.nan), GRID, L_KM, FIT)
 

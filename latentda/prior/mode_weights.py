@@ -89,7 +89,12 @@ class _Network:
         t = (np.arange(C)[:, None] * N + np.arange(n, N)[None, :]).ravel()
         boo = B[np.ix_(o, o)]
         boo[np.diag_indices_from(boo)] *= 1.0 + NUGGET
-        cf = np.linalg.cholesky(boo)
+        try:
+            cf = np.linalg.cholesky(boo)
+        except np.linalg.LinAlgError:
+            raise ValueError(f"the residual covariance at {n} stations is not positive definite (min diagonal "
+                             f"{float(np.diag(boo).min()):.3g}): recon_std must be positive wherever stations "
+                             "are drawn") from None
         bot = B[np.ix_(o, t)]
         v = np.linalg.solve(cf, bot)  # L⁻¹ B_ot
         var = np.clip(B[t, t] - (v ** 2).sum(0), 1e-12, None)  # (C (N - n),)
