@@ -247,7 +247,7 @@ def _assimilate(prior, observations: pd.DataFrame, time, members: int, seed: int
 
     obs_term = dict(covariance=rcov) if rcov is not None else dict(sigma=sigma)
     cost = LatentCost(prior, op, mean, std, z_p, target, **obs_term)
-    xa, res, mode_iterations = analyse_members(cost, eta_p, y64, opts, day, seed, diag)
+    xa, res, mode_iterations, _ = analyse_members(cost, eta_p, y64, opts, day, seed, diag)
     diag.update(solution_diagnostics(op, xa, xb, y64, sig64, res))
     log.info("%s: %d obs used, %d rejected, fit %.3f -> %.3f, %d iterations (%d evaluations; mode %d), %.0f%% "
              "converged, %.2f s", day.date(), n, diag["obs_rejected"], diag["fit_before"], diag["fit_after"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -166,13 +166,24 @@ def solve_members(cost: LatentCost, y64: np.ndarray, opts: AssimilationOptions, 
     return minimize_batched(cost.value_and_grad, z0, h0=h0, **solve), mode_iterations, cost
 
 
+class MembersAnalysis(NamedTuple):
+    """What :func:`analyse_members` returns: the members' fields x_m (M, C', nlat, nlon) physical, the solver
+    result, the mode solve's iterations, and the cost the members were solved with (``cost.member_cost(ẑ)`` for
+    RTO with the mode, e.g. a window cost's neighbouring days linearised; the given cost otherwise)."""
+
+    fields: torch.Tensor
+    result: Any
+    mode_iterations: int
+    cost: LatentCost
+
+
 def analyse_members(cost: LatentCost, eta_p: torch.Tensor, y64: np.ndarray, opts: AssimilationOptions, day,
-                    seed: int = 0, extra: dict | None = None):
+                    seed: int = 0, extra: dict | None = None) -> MembersAnalysis:
     """The members' latents by ``opts.sampler`` (RTO: :func:`solve_members`; "laplace", "langevin":
-    :mod:`latentda.da.samplers`, random numbers from ``seed`` and the day, diagnostics into ``extra``), then
-    (x_m (M, C', nlat, nlon) physical, solver result, mode-solve iterations): x_m = g(z_m), plus for
-    ``representation_error="augmented"`` the conditional eta update x_m = g(z_m) + eta_p,m + B_eta Hᵀ R⁻¹ (ỹ_m −
-    H g(z_m)) with R = ``cost.covariance`` (for every sampler: a draw of eta given z_m and y)."""
+    :mod:`latentda.da.samplers`, random numbers from ``seed`` and the day, diagnostics into ``extra``), then their
+    fields x_m = g(z_m), plus for ``representation_error="augmented"`` the conditional eta update x_m = g(z_m) +
+    eta_p,m + B_eta Hᵀ R⁻¹ (ỹ_m − H g(z_m)) with R = ``cost.covariance`` (for every sampler: a draw of eta given
+    z_m and y). Returns a :class:`MembersAnalysis`."""
     if opts.sampler == "rto":
         res, mode_iterations, cost = solve_members(cost, y64, opts, day)
     else:
@@ -183,7 +194,7 @@ def analyse_members(cost: LatentCost, eta_p: torch.Tensor, y64: np.ndarray, opts
             resid = cost.target - cost.observed(res.z, xa).double()  # ỹ_m − H g(z_m), the members' cost's model
             v = cost.covariance.solve(resid).float()  # R⁻¹ (ỹ_m − H g(z_m))
             xa = xa + eta_p + cost.covariance.increment(v)
-    return xa, res, mode_iterations
+    return MembersAnalysis(xa, res, mode_iterations, cost)
 
 
 def solution_diagnostics(op: PointOperator, xa: torch.Tensor, xb: torch.Tensor, y64: np.ndarray, sig64: np.ndarray,

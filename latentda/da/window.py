@@ -104,7 +104,7 @@ class WindowCost(LatentCost):
 
     def __init__(self, *args, neighbours: tuple[int, np.ndarray, PointOperator] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.neighbours, self.members_linearised = neighbours, False
+        self.neighbours = neighbours
         self._linear_at: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def member_cost(self, z_hat: torch.Tensor) -> LatentCost:
@@ -117,7 +117,6 @@ class WindowCost(LatentCost):
             with torch.no_grad():
                 self.jacobian_t(z_hat, FD_STEP, FD_CHUNK)  # as linearise(ẑ) computed it
         _, hz, jz = self._linear_at
-        self.members_linearised = True
         return NeighboursLinearised(self, z_hat, hz, jz)
 
     def jacobian_t(self, z0: torch.Tensor, step: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -379,8 +378,8 @@ def _assimilate_window(prior, observations: pd.DataFrame, time, k: int, members:
     if T > 1 and opts.window_neighbours != "nonlinear" and opts.precondition:
         neighbours = (centre, bounds, build(rows_by_day[centre]) if rows_by_day[centre].size else None)
     cost = WindowCost(gen, op, mean_w, std_w, xi_p, target, neighbours=neighbours, **obs_term)
-    xa, res, mode_iterations = analyse_members(cost, eta_p, y64, opts, day)  # every day's eta updated
-    if cost.members_linearised:
+    xa, res, mode_iterations, member_cost = analyse_members(cost, eta_p, y64, opts, day)  # every day's eta updated
+    if isinstance(member_cost, NeighboursLinearised):
         attrs["window_neighbours"] = "linearised"
     diag.update(solution_diagnostics(op, xa, xb, y64, sig64, res))
     log.info("%s: window ±%d, %d obs used on %d day(s) (representation error %s in time), %d rejected, fit %.3f "
