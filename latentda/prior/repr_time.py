@@ -13,6 +13,7 @@ can be read off the checkpoint (``transition.info["repr_time"]``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from .transition import LatentTransition, fit_transition, lag_pairs
 
 __all__ = ["RHO_MAX", "lag_pairs", "lag_correlation", "representation_residual", "fit_repr_time_correlation",
-           "fit_window_parts"]
+           "TrainingDays", "fit_window_parts"]
 
 #: upper clip of the fitted ρ (a window covariance with ρ → 1 is singular in time)
 RHO_MAX = 0.95
@@ -74,13 +75,29 @@ def fit_repr_time_correlation(encode: Callable, decode: Callable, anomalies: tor
     return rho, info
 
 
-def fit_window_parts(encode: Callable, decode: Callable, anomalies: torch.Tensor, times: np.ndarray,
-                     train_idx: np.ndarray, val_idx: np.ndarray, seed: int, rotations: int, lat: np.ndarray,
-                     variables: list[str]) -> LatentTransition:
-    """What a window prior adds to a day prior, fitted on the standardised training ``anomalies``
-    (T, C, nlat, nlon): the latent transition (:func:`~latentda.prior.transition.fit_transition`, ``seed``,
-    ``rotations``) with the representation error's ρ_c (:func:`fit_repr_time_correlation`, training pairs only)
-    as its ``repr_rho`` and the lag-1/lag-2 correlations in ``info["repr_time"]``."""
-    transition = fit_transition(encode, anomalies, times, train_idx, val_idx, seed, rotations=rotations)
-    rho, info = fit_repr_time_correlation(encode, decode, anomalies, times, train_idx, lat, list(variables))
+@dataclass(frozen=True)
+class TrainingDays:
+    """The days a prior is fitted on: standardised ``anomalies`` (T, C, nlat, nlon) in time order, their ``times``
+    (T,) datetime64, the block split's ``train_idx`` and ``val_idx`` (day indices), the grid's ``lat`` (nlat,)
+    degrees and the C ``variables``."""
+
+    anomalies: torch.Tensor
+    times: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    lat: np.ndarray
+    variables: list[str]
+
+
+def fit_window_parts(autoencoder, days: TrainingDays, seed: int, rotations: int) -> LatentTransition:
+    """What a window prior adds to a day prior, fitted on ``days`` with ``autoencoder`` (anything with
+    ``encode(x) -> (mu, logvar)`` and ``decode(z)``: the VAE, or a Prior): the latent transition
+    (:func:`~latentda.prior.transition.fit_transition`, ``seed``, ``rotations``) with the representation error's ρ_c
+    (:func:`fit_repr_time_correlation`, training pairs only) as its ``repr_rho`` and the lag-1/lag-2 correlations
+    in ``info["repr_time"]``."""
+    enc, dec = autoencoder.encode, autoencoder.decode
+    transition = fit_transition(enc, days.anomalies, days.times, days.train_idx, days.val_idx, seed,
+                                rotations=rotations)
+    rho, info = fit_repr_time_correlation(enc, dec, days.anomalies, days.times, days.train_idx, days.lat,
+                                          list(days.variables))
     return LatentTransition(transition.A, transition.q_chol, dict(transition.info, repr_time=info), repr_rho=rho)

@@ -34,7 +34,7 @@ from ..runtime import git_sha
 from .checkpoint import Prior, resolve_device
 from .config import PriorConfig, as_config
 from .flowfit import fit_prior_flow
-from .repr_time import fit_window_parts
+from .repr_time import TrainingDays, fit_window_parts
 from .mode_weights import weigh_prior_modes
 from .residual import residual_modes
 from .vae import ConvVAE, choose_n_down, kl_divergence, weighted_sq_error
@@ -261,8 +261,8 @@ def train_prior(fields: xr.Dataset, config: "PriorConfig | dict | None" = None,
     transition = None
     if cfg.window:
         with deterministic_torch(device, cfg.num_threads):
-            transition = fit_window_parts(model.encode, model.decode, X, times, train_idx, val_idx, cfg.seed,
-                                          TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1, grid.lat, variables)
+            days = TrainingDays(X, times, train_idx, val_idx, grid.lat, list(variables))
+            transition = fit_window_parts(model, days, cfg.seed, TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1)
     flow = fit_prior_flow(model.encode, X, train_idx, val_idx, cfg, device) if cfg.flow_prior else None
     prior = Prior(model, config=cfg, variables=variables, grid=grid, climatology=clim, var_attrs=var_attrs,
                   provenance=provenance, recon_std=recon_std, history=result["history"], device=device,

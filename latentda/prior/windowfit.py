@@ -11,7 +11,7 @@ from ..fields import to_array
 from ..grid import normalize_grid
 from .checkpoint import Prior
 from .config import PriorConfig
-from .repr_time import fit_window_parts
+from .repr_time import TrainingDays, fit_window_parts
 from .train import TRANSITION_ROTATIONS, array_sha256, deterministic_torch, split_blocks
 
 __all__ = ["add_window"]
@@ -36,9 +36,8 @@ def add_window(prior: Prior, fields: xr.Dataset, window: int) -> Prior:
     train_idx, val_idx = split_blocks(times.size, cfg.val_fraction, cfg.val_block_days, cfg.seed)
     X = torch.as_tensor(prior.anomalies(fields), device=prior.device)
     with deterministic_torch(prior.device, cfg.num_threads):
-        transition = fit_window_parts(prior.encode, prior.decode, X, times, train_idx, val_idx, cfg.seed,
-                                      TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1, prior.grid.lat,
-                                      prior.variables)
+        days = TrainingDays(X, times, train_idx, val_idx, prior.grid.lat, list(prior.variables))
+        transition = fit_window_parts(prior, days, cfg.seed, TRANSITION_ROTATIONS if cfg.zonal_symmetry else 1)
     out = prior.with_parts(cfg, transition=transition)
     out.provenance["window_fit"] = {"data_sha256": array_sha256(to_array(fields, prior.variables, np.float32)),
                                     "period": f"{str(times[0])[:10]}/{str(times[-1])[:10]}"}
