@@ -9,7 +9,7 @@ station-set sizes 25, 100, 400, targets and days; higher is better), and the spr
 predicted from the stations at each size (1 is calibrated, < 1 over-confident).
 
     PYTHONPATH=$PWD .venv/bin/python bench/mode_weights.py --prior out/prior_hs128.pt \\
-        --out out/prior_hs128_mw.pt --threads 1
+        --out out/prior_hs128_mwfit.pt --threads 1
 
 A flow prior (``--prior out/prior_hs128_flow_r8lr.pt``) gets the same weights: the fit uses only the VAE's
 residuals, which the flow does not change.

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import solve_triangular
 
 from ..grid import Grid
 
@@ -96,10 +97,10 @@ class _Network:
                              f"{float(np.diag(boo).min()):.3g}): recon_std must be positive wherever stations "
                              "are drawn") from None
         bot = B[np.ix_(o, t)]
-        v = np.linalg.solve(cf, bot)  # L⁻¹ B_ot
+        v = solve_triangular(cf, bot, lower=True)  # L⁻¹ B_ot
         var = np.clip(B[t, t] - (v ** 2).sum(0), 1e-12, None)  # (C (N - n),)
         y = self.r[:, :, :n].reshape(self.r.shape[0], -1)  # (T, C n)
-        pred = np.linalg.solve(cf, y.T).T @ v  # (T, C (N - n))
+        pred = solve_triangular(cf, y.T, lower=True).T @ v  # (T, C (N - n))
         err2 = (self.r[:, :, n:].reshape(y.shape[0], -1) - pred) ** 2
         return err2.reshape(-1, C, N - n), var.reshape(C, N - n)
 
@@ -158,8 +159,7 @@ def fit_mode_weights(modes: np.ndarray, recon_std: np.ndarray, residuals: np.nda
         return np.mean([net.score(w) for _, net in nets], axis=0)
 
     w = np.ones(C)
-    best = scores(w).mean()
-    unit = scores(w)
+    unit = best = scores(w)
     for _ in range(fit.sweeps):
         changed = False
         for c in range(C):
@@ -168,12 +168,12 @@ def fit_mode_weights(modes: np.ndarray, recon_std: np.ndarray, residuals: np.nda
                     continue
                 trial = w.copy()
                 trial[c] = float(cand)
-                s = scores(trial).mean()
-                if s > best + 1e-9:
+                s = scores(trial)
+                if s.mean() > best.mean() + 1e-9:
                     best, w, changed = s, trial, True
         if not changed:
             break
-    info = {"weights": [float(x) for x in w], "score": [float(x) for x in scores(w)],
+    info = {"weights": [float(x) for x in w], "score": [float(x) for x in best],
             "score_unweighted": [float(x) for x in unit],
             "spread_skill": _spread_skill(nets, w, sizes), "spread_skill_unweighted":
                 _spread_skill(nets, np.ones(C), sizes),
@@ -209,17 +209,16 @@ def weigh_prior_modes(prior, anomalies: np.ndarray, fit: WeightFit | None = None
     import torch
 
     from ..da.ensemble import default_length_scale_km
+    from .repr_time import representation_residual
 
     if prior.recon_modes is None:
         raise ValueError("the prior has no residual modes to weight (train it with residual_modes > 0)")
     a = np.asarray(anomalies)
     if a.ndim != 4 or a.shape[1:] != tuple(prior.shape):
         raise ValueError(f"anomalies must be (time, {', '.join(map(str, prior.shape))}), got {a.shape}")
-    r = np.empty(a.shape, dtype=np.float64)
-    with torch.no_grad():
-        for k in range(0, a.shape[0], batch):
-            x = torch.as_tensor(a[k:k + batch], dtype=torch.float32, device=prior.device)
-            r[k:k + batch] = (x - prior.reconstruct(x)).double().cpu().numpy()
+    # x − g(mu(x)) with the VAE's own decoder (prior.reconstruct's; a flow prior's decode would take u)
+    r = representation_residual(prior.model.encode, prior.model.decode,
+                                torch.as_tensor(a, dtype=torch.float32, device=prior.device), batch)
     w, info = fit_mode_weights(prior.recon_modes, prior.recon_std, r, prior.grid,
                                default_length_scale_km(prior.grid), fit)
     prior.recon_modes = weight_modes(prior.recon_modes, w)
@@ -246,6 +245,5 @@ def add_mode_weights(prior, fields, fit: WeightFit | None = None):
     prior.check_compatible(fields, prior.variables)
     _, val_idx = split_blocks(fields["time"].size, cfg.val_fraction, cfg.val_block_days, cfg.seed)
     out = prior.with_parts(cfg, transition=prior.transition, flow=prior.flow)
-    out.provenance = dict(prior.provenance)
     weigh_prior_modes(out, prior.anomalies(fields.isel(time=val_idx)), fit)
     return out
